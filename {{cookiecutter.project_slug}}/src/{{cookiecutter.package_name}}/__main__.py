@@ -1,0 +1,119 @@
+"""``python -m {{ cookiecutter.package_name }} [serve|migrate|demo-upstream]``.
+
+The process this starts is the server: signals sent to its PID act on the service. SIGTERM
+(and Ctrl-C) stop accepting connections, let in-flight requests finish within
+``SHUTDOWN_GRACE`` seconds, run the lifespan's shutdown, and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from .db.embedded import EmbeddedPostgresMissingError, asyncpg_url, start_embedded_postgres
+from .db.engine import create_engine
+from .db.migrate import upgrade_database
+from .logs import configure_logging
+from .settings import Settings
+
+EXIT_CONFIG_ERROR = 2
+EXIT_STARTUP_FAILED = 3
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming the environment variables that are wrong."""
+    problems = []
+    for item in error.errors():
+        variable = "_".join(str(part) for part in item["loc"]).upper()
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}: {message}" if variable else message)
+    return "; ".join(problems)
+
+
+def _serve(settings: Settings) -> int:
+    from .app import create_app  # noqa: PLC0415 - keeps `migrate` free of the web stack
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our JSON logging is already configured
+        lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it, once its own handlers are removed; a
+    # no-op handler turns that into a normal return, so SIGTERM ends with exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else EXIT_STARTUP_FAILED
+
+
+async def _migrate(url: str, settings: Settings) -> None:
+    engine = create_engine(settings, url)
+    try:
+        await upgrade_database(engine)
+    finally:
+        await engine.dispose()
+
+
+def _run_migrations(settings: Settings) -> int:
+    if settings.database_url is not None:
+        asyncio.run(_migrate(settings.database_url.get_secret_value(), settings))
+        return 0
+    server = start_embedded_postgres(settings.embedded_postgres_dir)
+    try:
+        asyncio.run(_migrate(asyncpg_url(server), settings))
+    finally:
+        server.cleanup()
+    return 0
+
+
+def _serve_demo_upstream(host: str, port: int) -> int:
+    from .upstream.demo import create_demo_upstream  # noqa: PLC0415
+
+    config = uvicorn.Config(create_demo_upstream(), host=host, port=port, log_config=None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m {{ cookiecutter.package_name }}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the API (the default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    demo = commands.add_parser("demo-upstream", help="serve the demo upstream services")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(f"ERROR: configuration: {describe_settings_error(error)}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "migrate":
+            return _run_migrations(settings)
+        if args.command == "demo-upstream":
+            return _serve_demo_upstream(args.host, args.port)
+        return _serve(settings)
+    except EmbeddedPostgresMissingError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Dependency aliases for routers (``SessionDep``, ``ResourcesDep``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..db.session import transaction
+from ..resources import ResourcesDep, get_resources
+
+__all__ = ["ResourcesDep", "SessionDep", "transactional_session"]
+
+
+async def transactional_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with transaction(get_resources(request).sessionmaker) as session:
+        yield session
+
+
+# scope="function": the commit runs when the endpoint returns, before the response is sent,
+# so a failing commit becomes an error response instead of a 201 for data that is gone.
+SessionDep = Annotated[AsyncSession, Depends(transactional_session, scope="function")]

@@ -1,0 +1,1 @@
+"""The database layer: engine, sessions, models, and the embedded PostgreSQL for development."""

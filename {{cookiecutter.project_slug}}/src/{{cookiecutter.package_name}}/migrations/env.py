@@ -1,0 +1,55 @@
+"""Alembic environment, async.
+
+Two ways in:
+- the service (``python -m {{ cookiecutter.package_name }} migrate``, startup in development,
+  the tests) passes an open connection in ``config.attributes["connection"]``; this works while
+  an event loop is already running, because nothing here starts one;
+- the ``alembic`` command line passes nothing: this file then opens its own async engine on
+  ``DATABASE_URL`` and runs with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.db.models import Base
+
+target_metadata = Base.metadata
+
+
+def run_with_connection(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_with_own_engine(url: str) -> None:
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(run_with_connection)
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    if context.is_offline_mode():
+        raise SystemExit("offline (--sql) migrations are not supported; run against a database")
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run_with_connection(connection)
+        return
+    url = context.config.get_main_option("sqlalchemy.url")
+    if not url:
+        from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli  # noqa: PLC0415
+
+        url = database_url_for_cli()
+    asyncio.run(run_with_own_engine(url))
+
+
+main()

@@ -1,0 +1,32 @@
+"""What the lifespan owns, handed to routers through ``ResourcesDep``.
+
+Everything long-lived is created in the lifespan and closed there, in reverse order; nothing is
+created at import time, so tests can build as many independent apps as they like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from .settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]

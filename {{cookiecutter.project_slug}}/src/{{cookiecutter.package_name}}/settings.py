@@ -1,0 +1,129 @@
+"""Settings from environment variables, validated once at start.
+
+Every setting has a safe development default, except where production must not guess:
+there a missing ``DATABASE_URL`` or upstream URL stops the service at start with a message
+that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_NAME = __package__ or "{{ cookiecutter.package_name }}"
+DEMO_UPSTREAM_PATH = "/_demo"
+
+Environment = Literal["development", "test", "production"]
+
+
+def _default_embedded_postgres_dir() -> Path:
+    # From a source checkout (src layout) keep the data beside pyproject.toml; from an
+    # installed wheel fall back to the working directory.
+    root = Path(__file__).resolve().parents[2]
+    base = root if (root / "pyproject.toml").is_file() else Path.cwd()
+    return base / ".postgres" / "dev"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    environment: Environment = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Unset outside production: an embedded PostgreSQL is started (see db/embedded.py).
+    database_url: SecretStr | None = None
+    embedded_postgres_dir: Path = Field(default_factory=_default_embedded_postgres_dir)
+
+    # Pool and connection limits. Explicit, because the defaults are rarely what a
+    # service under load wants, and every wait must have an end.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+    db_pool_recycle: float = Field(default=1800.0, gt=0)
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_statement_timeout: float = Field(default=5.0, gt=0)
+    db_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)
+
+    # Unset in development: the built-in demo upstream serves both.
+    preferences_url: HttpUrl | None = None
+    notifier_url: HttpUrl | None = None
+    upstream_timeout: float = Field(default=2.0, gt=0)
+    upstream_max_connections: int = Field(default=50, ge=1)
+
+    request_timeout: float = Field(default=10.0, gt=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    readiness_timeout: float = Field(default=1.0, gt=0)
+
+    debug_token: SecretStr | None = None
+    asyncio_debug: bool = False
+    slow_callback_seconds: float = Field(default=0.1, gt=0)
+    loop_lag_warning_seconds: float = Field(default=0.2, gt=0)
+    # gc.freeze() after startup moves start-up objects out of the collector's way, which
+    # removes most of the latency tail caused by full collections.
+    gc_freeze: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme != "postgresql+asyncpg":
+            raise ValueError(
+                f"DATABASE_URL must start with postgresql+asyncpg:// (got {scheme or 'no'} scheme)"
+            )
+        return value
+
+    @field_validator("debug_token")
+    @classmethod
+    def _empty_token_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _production_needs_real_dependencies(self) -> Self:
+        if self.environment != "production":
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("DATABASE_URL", self.database_url),
+                ("PREFERENCES_URL", self.preferences_url),
+                ("NOTIFIER_URL", self.notifier_url),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)} must be set when ENVIRONMENT=production "
+                "(the embedded database and the demo upstream are for development only)"
+            )
+        return self
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def uses_demo_upstream(self) -> bool:
+        return self.preferences_url is None or self.notifier_url is None
+
+    @property
+    def demo_upstream_url(self) -> str:
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}{DEMO_UPSTREAM_PATH}"
+
+    @property
+    def preferences_base_url(self) -> str:
+        return str(self.preferences_url).rstrip("/") if self.preferences_url else self.demo_upstream_url
+
+    @property
+    def notifier_base_url(self) -> str:
+        return str(self.notifier_url).rstrip("/") if self.notifier_url else self.demo_upstream_url

@@ -1,0 +1,1 @@
+"""The shared HTTP client and the upstream services the API calls."""

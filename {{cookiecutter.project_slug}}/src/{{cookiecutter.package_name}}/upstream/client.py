@@ -1,0 +1,28 @@
+"""The one HTTP client of the service, created and closed by the lifespan.
+
+One client means one connection pool: connections are reused across requests instead of a TLS
+handshake per call, and the number of sockets to each upstream is bounded. httpx's timeouts
+apply per phase (connect, each read, each write, pool wait), so they bound how long one step
+may stall; the total deadline of a call is set around it with ``asyncio.timeout`` (see
+``upstream/calls.py``).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ..settings import PACKAGE_NAME, Settings
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    step = settings.upstream_timeout
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=step, read=step, write=step, pool=step),
+        limits=httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+            keepalive_expiry=15.0,
+        ),
+        headers={"user-agent": PACKAGE_NAME},
+        follow_redirects=False,
+    )

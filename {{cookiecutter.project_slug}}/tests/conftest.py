@@ -1,0 +1,116 @@
+"""Fixtures: a real PostgreSQL, a fresh database per test process, the real app and lifespan.
+
+The database is the embedded PostgreSQL (started once, shared by the xdist workers), or the
+server in ``TEST_DATABASE_URL`` when that is set. Each worker creates its own database, migrated
+with the project's alembic migrations; each test that uses the app starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.db.embedded import asyncpg_url, start_embedded_postgres
+from {{ cookiecutter.package_name }}.db.engine import create_engine
+from {{ cookiecutter.package_name }}.db.migrate import upgrade_database
+from {{ cookiecutter.package_name }}.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _as_asyncpg(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server we may create databases on."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield _as_asyncpg(external)
+        return
+    server = start_embedded_postgres(PROJECT_ROOT / ".postgres" / "test")
+    try:
+        yield asyncpg_url(server)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A database of this test process alone, migrated to head, dropped at the end."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"test_{worker}_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        engine = create_async_engine(url)
+        try:
+            await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+        yield url
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "test",
+        "database_url": database_url,
+        "gc_freeze": False,
+        "preferences_url": None,
+        "notifier_url": None,
+        "debug_token": None,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine of the tests' own, to look at the database from outside the app."""
+    engine = create_engine(make_settings(database_url), database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def empty_tables(db_engine: AsyncEngine) -> None:
+    async with db_engine.begin() as connection:
+        await connection.execute(text("TRUNCATE users, orders RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+async def app(settings: Settings, empty_tables: None) -> AsyncIterator[FastAPI]:
+    """The real app with its real lifespan running."""
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        yield manager.app  # type: ignore[misc]
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as http:
+        yield http
