@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.db.embedded import asyncpg_url, start_embedded_postgres
 from {{ cookiecutter.package_name }}.db.engine import create_engine
 from {{ cookiecutter.package_name }}.db.migrate import upgrade_database
+from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +110,14 @@ async def app(settings: Settings, empty_tables: None) -> AsyncIterator[FastAPI]:
         yield manager.app  # type: ignore[misc]
 
 
+def resources_of(manager: LifespanManager) -> Resources:
+    """What the lifespan yielded: the engine, the HTTP client, ... of a running app."""
+    resources: Resources = manager._state["resources"]
+    return resources
+
+
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as http:
+async def client(app: FastAPI) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
         yield http

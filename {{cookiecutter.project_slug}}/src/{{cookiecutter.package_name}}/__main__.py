@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         log_config=None,  # our JSON logging is already configured
         lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         server_header=False,
     )
     server = uvicorn.Server(config)

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from . import __doc__ as package_doc
 from .api import health, users
 from .db.embedded import asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine, create_sessionmaker
@@ -35,7 +36,9 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     # Starting the embedded server blocks for about a second: keep it off the event loop.
     server = await asyncio.to_thread(start_embedded_postgres, settings.embedded_postgres_dir)
     stack.push_async_callback(asyncio.to_thread, server.cleanup)
-    logger.info("embedded PostgreSQL started", extra={"data_dir": str(settings.embedded_postgres_dir)})
+    logger.info(
+        "embedded PostgreSQL started", extra={"data_dir": str(settings.embedded_postgres_dir)}
+    )
     return asyncpg_url(server)
 
 
@@ -71,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(
         title="{{ cookiecutter.project_name }}",
-        description="{{ cookiecutter.description }}",
+        description=" ".join((package_doc or "").split("\n")[2:]).strip(),
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -7,6 +7,7 @@ log only. Validation errors add ``details`` (where and what) and are 422.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -72,9 +73,15 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 
 def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+    status_code: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, **extra), status_code=status_code, headers=headers)
+    return JSONResponse(
+        error_body(code, message, **extra), status_code=status_code, headers=headers
+    )
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:

@@ -38,9 +38,11 @@ class JsonFormatter(logging.Formatter):
         task_name = getattr(record, "taskName", None)
         if task_name:
             entry["task"] = task_name
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
+        entry.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -122,7 +122,11 @@ class Settings(BaseSettings):
 
     @property
     def preferences_base_url(self) -> str:
-        return str(self.preferences_url).rstrip("/") if self.preferences_url else self.demo_upstream_url
+        return (
+            str(self.preferences_url).rstrip("/")
+            if self.preferences_url
+            else self.demo_upstream_url
+        )
 
     @property
     def notifier_base_url(self) -> str:

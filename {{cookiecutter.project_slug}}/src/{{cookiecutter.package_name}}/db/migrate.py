@@ -29,6 +29,15 @@ async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(_upgrade, revision)
 
 
+def _downgrade(connection: Connection, revision: str) -> None:
+    command.downgrade(alembic_config(connection), revision)
+
+
+async def downgrade_database(engine: AsyncEngine, revision: str) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(_downgrade, revision)
+
+
 def database_url_for_cli() -> str:
     """``DATABASE_URL``, or the embedded server's URL outside production (for ``alembic``)."""
     settings = Settings()

@@ -9,16 +9,16 @@ may stall; the total deadline of a call is set around it with ``asyncio.timeout`
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 
 from ..settings import PACKAGE_NAME, Settings
 
 
-def create_http_client(settings: Settings) -> httpx.AsyncClient:
+def create_http_client(settings: Settings) -> httpx2.AsyncClient:
     step = settings.upstream_timeout
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=step, read=step, write=step, pool=step),
-        limits=httpx.Limits(
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(connect=step, read=step, write=step, pool=step),
+        limits=httpx2.Limits(
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=settings.upstream_max_connections,
             keepalive_expiry=15.0,

@@ -1,0 +1,87 @@
+"""Run the service as a real process (``python -m {{ cookiecutter.package_name }}``) for tests
+whose behaviour depends on the server: signals, shutdown, startup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_VARIABLES = (
+    "DATABASE_URL", "ENVIRONMENT", "HOST", "PORT", "PREFERENCES_URL", "NOTIFIER_URL",
+    "UPSTREAM_TIMEOUT", "REQUEST_TIMEOUT", "DB_STATEMENT_TIMEOUT", "SHUTDOWN_GRACE", "DEBUG_TOKEN",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@dataclass
+class ServiceProcess:
+    process: asyncio.subprocess.Process
+    base_url: str
+    stderr_lines: list[str] = field(default_factory=list)
+
+    def log_records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stderr_lines if line.strip()]
+
+    async def wait_for_exit(self, seconds: float) -> int:
+        async with asyncio.timeout(seconds):
+            return await self.process.wait()
+
+
+async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
+    while line := await stream.readline():
+        lines.append(line.decode(errors="replace"))
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    environment: Mapping[str, str], *, ready_path: str = "/health/live", startup_timeout: float = 60
+) -> AsyncIterator[ServiceProcess]:
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "GC_FREEZE": "false"})
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")])
+    )
+    env.update(environment)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "{{ cookiecutter.package_name }}",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    service = ServiceProcess(process, f"http://127.0.0.1:{port}")
+    collector = asyncio.create_task(_collect(process.stderr, service.stderr_lines))
+    try:
+        deadline = time.monotonic() + startup_timeout
+        async with httpx2.AsyncClient(base_url=service.base_url, timeout=2) as client:
+            while True:
+                if process.returncode is not None:
+                    raise RuntimeError("service exited:\n" + "".join(service.stderr_lines))
+                with contextlib.suppress(httpx2.TransportError):
+                    if (await client.get(ready_path)).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("service did not start:\n" + "".join(service.stderr_lines))
+                await asyncio.sleep(0.1)
+        yield service
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await collector

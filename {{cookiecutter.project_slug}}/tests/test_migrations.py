@@ -1,0 +1,58 @@
+"""The migrations build exactly the schema the models describe, and run both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from {{ cookiecutter.package_name }}.db.migrate import downgrade_database, upgrade_database
+from {{ cookiecutter.package_name }}.db.models import Base
+
+
+def _differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection)
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def table_names(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    return set(names)
+
+
+async def test_models_and_migrations_agree(db_engine: AsyncEngine) -> None:
+    async with db_engine.connect() as connection:
+        differences = await connection.run_sync(_differences)
+
+    assert differences == []
+
+
+async def test_downgrade_to_base_and_upgrade_again(server_url: str, db_engine: AsyncEngine) -> None:
+    # A scratch database, so the tests running in parallel keep their tables.
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = "migration_roundtrip_" + db_engine.url.database.removeprefix("test_")  # type: ignore[union-attr]
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_async_engine(db_engine.url.set(database=name))
+    try:
+        await upgrade_database(engine, "head")
+        after_upgrade = await table_names(engine)
+        await downgrade_database(engine, "base")
+        after_downgrade = await table_names(engine)
+        await upgrade_database(engine, "head")
+        after_second_upgrade = await table_names(engine)
+    finally:
+        await engine.dispose()
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+    assert {"users", "orders"} <= after_upgrade
+    assert not {"users", "orders"} & after_downgrade
+    assert after_second_upgrade == after_upgrade
