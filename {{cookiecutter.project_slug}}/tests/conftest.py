@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2
 import pytest
 from asgi_lifespan import LifespanManager
+from blockbuster import BlockBuster, blockbuster_ctx
 from fastapi import FastAPI
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -26,7 +28,28 @@ from {{ cookiecutter.package_name }}.db.migrate import upgrade_database
 from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
+from .upstream_server import ScriptedUpstream
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ASYNCPG_CONNECT = "asyncpg/connect_utils.py"
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    """Fail any test in which the service's code makes a blocking call on the event loop.
+
+    Only calls made from the service's package are reported (third-party internals are not
+    ours to fix). A test that blocks on purpose says so with ``@pytest.mark.allow_blocking``.
+    """
+    if request.node.get_closest_marker("allow_blocking"):
+        yield None
+        return
+    with blockbuster_ctx("{{ cookiecutter.package_name }}") as detector:
+        # asyncpg looks for ~/.pgpass and ~/.postgresql/root.crt when it opens a connection:
+        # a few stats of local files, once per new pooled connection, and not ours to change.
+        for function in detector.functions.values():
+            function.can_block_in(ASYNCPG_CONNECT, "_parse_connect_dsn_and_args")
+        yield detector
 
 
 def _as_asyncpg(url: str) -> str:
@@ -114,6 +137,40 @@ def resources_of(manager: LifespanManager) -> Resources:
     """What the lifespan yielded: the engine, the HTTP client, ... of a running app."""
     resources: Resources = manager._state["resources"]
     return resources
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    """A real HTTP server on 127.0.0.1 playing both upstream services; script it per test."""
+    async with ScriptedUpstream() as server:
+        yield server
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx2.AsyncClient, Resources]]:
+    """The app with its lifespan, a client for it, and what the lifespan yielded."""
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        transport = httpx2.ASGITransport(app=manager.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
+            yield http, resources_of(manager)
+
+
+@pytest.fixture
+async def service(
+    database_url: str, upstream: ScriptedUpstream, empty_tables: None
+) -> AsyncIterator[tuple[httpx2.AsyncClient, Resources]]:
+    """The app wired to the scripted upstream, with short deadlines so failures show fast."""
+    settings = make_settings(
+        database_url,
+        preferences_url=upstream.base_url,
+        notifier_url=upstream.base_url,
+        upstream_timeout=1.0,
+        request_timeout=3.0,
+        shutdown_grace=2.0,
+    )
+    async with running_app(settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -16,14 +17,19 @@ from typing import Any
 from fastapi import FastAPI
 
 from . import __doc__ as package_doc
-from .api import health, users
+from .aio.background import TaskSupervisor
+from .aio.deadlines import RequestDeadlineMiddleware
+from .aio.debug import LoopLagMonitor, enable_asyncio_debug, install_signal_dumps
+from .api import debug, health, users
 from .db.embedded import asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine, create_sessionmaker
 from .db.migrate import upgrade_database
 from .errors import install_error_handlers
+from .logs import request_id_var
 from .request_id import RequestIdMiddleware
 from .resources import Resources
 from .settings import DEMO_UPSTREAM_PATH, Settings
+from .upstream.calls import Upstreams
 from .upstream.client import create_http_client
 from .upstream.demo import create_demo_upstream
 
@@ -36,29 +42,62 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     # Starting the embedded server blocks for about a second: keep it off the event loop.
     server = await asyncio.to_thread(start_embedded_postgres, settings.embedded_postgres_dir)
     stack.push_async_callback(asyncio.to_thread, server.cleanup)
-    logger.info(
-        "embedded PostgreSQL started", extra={"data_dir": str(settings.embedded_postgres_dir)}
-    )
+    logger.info("embedded PostgreSQL started")
     return asyncpg_url(server)
+
+
+async def _drain_background_work(supervisor: TaskSupervisor, grace: float) -> None:
+    summary = await supervisor.drain(grace)
+    logger.info(
+        "background work drained",
+        extra={"drained": summary.drained, "cancelled": list(summary.cancelled_names)},
+    )
+
+
+def _install_debug_hooks(settings: Settings, stack: AsyncExitStack) -> None:
+    loop = asyncio.get_running_loop()
+    if settings.asyncio_debug:
+        enable_asyncio_debug(loop, settings.slow_callback_seconds)
+    if threading.current_thread() is threading.main_thread():
+        # Signal handlers can only be installed from the main thread.
+        stack.callback(install_signal_dumps(loop, logging.getLogger(f"{__package__}.debug")))
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
-    # The exit stack closes everything in reverse order of creation, on every path.
+    # The exit stack closes everything in reverse order of creation, on every path: background
+    # work is drained first, while the client and the engine it uses are still open.
     async with AsyncExitStack() as stack:
         engine = create_engine(settings, await _database_url(settings, stack))
         stack.push_async_callback(engine.dispose)
         if settings.environment == "development":
             await upgrade_database(engine)
-        http = create_http_client(settings)
+        # Building a client loads the CA bundle and imports the transport: file reads that
+        # would block the loop, so they run in a thread (blockbuster caught this one).
+        http = await asyncio.to_thread(create_http_client, settings)
         stack.push_async_callback(http.aclose)
+
+        loop_lag = LoopLagMonitor(threshold=settings.loop_lag_warning_seconds)
+        await loop_lag.start()
+        stack.push_async_callback(loop_lag.stop)
+        _install_debug_hooks(settings, stack)
+        supervisor = TaskSupervisor(logging.getLogger(f"{__package__}.background"))
+        stack.push_async_callback(_drain_background_work, supervisor, settings.shutdown_grace)
 
         resources = Resources(
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             http=http,
+            upstreams=Upstreams(
+                http,
+                preferences_url=settings.preferences_base_url,
+                notifier_url=settings.notifier_base_url,
+                deadline=settings.upstream_timeout,
+            ),
+            supervisor=supervisor,
+            loop_lag=loop_lag,
         )
         if settings.gc_freeze:
             # Everything created so far lives as long as the process: move it out of the
@@ -82,8 +121,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(users.router)
+    if settings.debug_token is not None:
+        # Without a token the debug routes do not exist at all: 404, not 401.
+        app.include_router(debug.router)
     if settings.uses_demo_upstream and settings.environment != "production":
         app.mount(DEMO_UPSTREAM_PATH, create_demo_upstream())
+    app.add_middleware(
+        RequestDeadlineMiddleware, timeout=settings.request_timeout, request_id=request_id_var.get
+    )
     # Added last, so it is outermost: every response and log line carries the request id.
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -43,6 +43,7 @@ class ServiceError(Exception):
 
     status_code = 500
     code = "internal_error"
+    headers: Mapping[str, str] | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
         super().__init__(message)
@@ -87,7 +88,7 @@ def error_response(
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, ServiceError):  # registered for that class only
         raise exc
-    return error_response(exc.status_code, exc.code, exc.message)
+    return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

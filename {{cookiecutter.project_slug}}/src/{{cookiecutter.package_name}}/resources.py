@@ -13,7 +13,10 @@ import httpx2
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .aio.background import TaskSupervisor
+from .aio.debug import LoopLagMonitor
 from .settings import Settings
+from .upstream.calls import Upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,9 @@ class Resources:
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
     http: httpx2.AsyncClient
+    upstreams: Upstreams
+    supervisor: TaskSupervisor
+    loop_lag: LoopLagMonitor
 
 
 def get_resources(request: Request) -> Resources:

@@ -20,14 +20,6 @@ DEMO_UPSTREAM_PATH = "/_demo"
 Environment = Literal["development", "test", "production"]
 
 
-def _default_embedded_postgres_dir() -> Path:
-    # From a source checkout (src layout) keep the data beside pyproject.toml; from an
-    # installed wheel fall back to the working directory.
-    root = Path(__file__).resolve().parents[2]
-    base = root if (root / "pyproject.toml").is_file() else Path.cwd()
-    return base / ".postgres" / "dev"
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
@@ -38,7 +30,8 @@ class Settings(BaseSettings):
 
     # Unset outside production: an embedded PostgreSQL is started (see db/embedded.py).
     database_url: SecretStr | None = None
-    embedded_postgres_dir: Path = Field(default_factory=_default_embedded_postgres_dir)
+    # Where the embedded server keeps its data; unset: .postgres/dev beside pyproject.toml.
+    embedded_postgres_dir: Path | None = None
 
     # Pool and connection limits. Explicit, because the defaults are rarely what a
     # service under load wants, and every wait must have an end.

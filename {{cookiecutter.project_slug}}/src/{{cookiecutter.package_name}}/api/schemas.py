@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -72,3 +72,32 @@ class OrderOut(BaseModel):
     item: str
     quantity: int
     created_at: datetime
+
+
+class Dashboard(BaseModel):
+    """Everything about a user, all or nothing."""
+
+    user: UserOut
+    orders: list[OrderOut]
+    preferences: dict[str, Any]
+    notifications: list[Any]
+
+
+class SectionError(BaseModel):
+    code: str
+    message: str
+
+
+class Section(BaseModel):
+    """One part of a summary: its data, or why it is missing."""
+
+    status: Literal["ok", "error"]
+    data: Any = None
+    error: SectionError | None = None
+
+
+class Summary(BaseModel):
+    """Everything about a user that could be had: a failed section does not sink the rest."""
+
+    user: UserOut
+    sections: dict[str, Section]

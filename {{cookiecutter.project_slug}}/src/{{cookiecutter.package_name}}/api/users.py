@@ -1,27 +1,41 @@
-"""Users and their orders."""
+"""Users, their orders, and the two views over everything about a user.
+
+The routers only wire things together: the concurrency lives in ``aio`` (fan-out, settled
+fan-out, shielded and background work), the queries in ``db``, the calls in ``upstream``.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, status
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Order, User
-from ..errors import ConflictError, NotFoundError
-from .deps import SessionDep
-from .schemas import OrderCreate, OrderOut, UserCreate, UserIdPath, UserOut
+from ..aio.fanout import FanoutError, run_all
+from ..aio.settled import Failed, Ok, run_settled
+from ..db.models import User
+from ..db.queries import insert_order, load_user, orders_of, read_orders, read_user
+from ..db.session import transaction
+from ..errors import ConflictError, NotFoundError, ServiceError
+from ..resources import Resources
+from ..upstream.calls import UpstreamTimeoutError
+from .deps import ResourcesDep, SessionDep
+from .schemas import (
+    Dashboard,
+    OrderCreate,
+    OrderOut,
+    Section,
+    SectionError,
+    Summary,
+    UserCreate,
+    UserIdPath,
+    UserOut,
+)
 
 router = APIRouter(prefix="/users", tags=["users"])
-
-
-async def load_user(session: AsyncSession, user_id: int) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFoundError(f"user {user_id} does not exist")
-    return user
+logger = logging.getLogger(__name__)
 
 
 async def existing_user(session: SessionDep, user_id: UserIdPath) -> User:
@@ -49,16 +63,93 @@ async def get_user(user: ExistingUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
+async def place_order(resources: Resources, user_id: int, body: OrderCreate) -> OrderOut:
+    """Write the order in a session of its own, then notify in the background.
+
+    This runs shielded: once started it finishes even if the request that asked for it is
+    cancelled (deadline, disconnect, shutdown), and the notification is still sent.
+    """
+    async with transaction(resources.sessionmaker) as session:
+        order = OrderOut.model_validate(
+            await insert_order(session, user_id, body.item, body.quantity)
+        )
+    payload = {"user_id": user_id, "order_id": order.id, "item": order.item,
+               "quantity": order.quantity}  # fmt: skip
+    resources.supervisor.spawn(resources.upstreams.notify(payload), name=f"notify-order:{order.id}")
+    return order
+
+
 @router.post("/{user_id}/orders", status_code=status.HTTP_201_CREATED)
-async def create_order(body: OrderCreate, user: ExistingUser, session: SessionDep) -> OrderOut:
-    order = Order(user_id=user.id, item=body.item, quantity=body.quantity)
-    session.add(order)
-    await session.flush()
-    await session.refresh(order)
-    return OrderOut.model_validate(order)
+async def create_order(body: OrderCreate, user_id: UserIdPath, resources: ResourcesDep) -> OrderOut:
+    return await resources.supervisor.run_shielded(
+        place_order(resources, user_id, body), name=f"place-order:user-{user_id}"
+    )
 
 
 @router.get("/{user_id}/orders")
 async def list_orders(user: ExistingUser, session: SessionDep) -> list[OrderOut]:
-    orders = await session.scalars(select(Order).where(Order.user_id == user.id).order_by(Order.id))
-    return [OrderOut.model_validate(order) for order in orders]
+    return [OrderOut.model_validate(order) for order in await orders_of(session, user.id)]
+
+
+def _sources(
+    resources: Resources, user_id: int
+) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
+    # Each database source opens its own session: tasks running at once never share one.
+    return {
+        "user": lambda: read_user(resources.sessionmaker, user_id),
+        "orders": lambda: read_orders(resources.sessionmaker, user_id),
+        "preferences": lambda: resources.upstreams.preferences(user_id),
+        "notifications": lambda: resources.upstreams.recent_notifications(user_id),
+    }
+
+
+@router.get("/{user_id}/dashboard")
+async def dashboard(user_id: UserIdPath, resources: ResourcesDep) -> Dashboard:
+    """All four sources at once; the first failure cancels the others and is the answer."""
+    try:
+        values = await run_all(_sources(resources, user_id))
+    except FanoutError as error:
+        if isinstance(error.cause, ServiceError):
+            raise error.cause from error  # 404 user, 502 upstream, 504 upstream deadline
+        if isinstance(error, TimeoutError):
+            raise UpstreamTimeoutError(f"{error.name} ran out of time") from error
+        raise
+    return Dashboard(
+        user=UserOut.model_validate(values["user"]),
+        orders=[OrderOut.model_validate(order) for order in values["orders"]],
+        preferences=values["preferences"],
+        notifications=values["notifications"],
+    )
+
+
+def _section_error(error: Exception) -> SectionError:
+    if isinstance(error, ServiceError):
+        return SectionError(code=error.code, message=error.message)
+    logger.error("summary section failed", exc_info=error)
+    return SectionError(code="internal_error", message="this section could not be loaded")
+
+
+@router.get("/{user_id}/summary")
+async def summary(user_id: UserIdPath, resources: ResourcesDep) -> Summary:
+    """The same sources, partial: each failed section is reported, the rest still served."""
+    outcomes = await run_settled(_sources(resources, user_id))
+    match outcomes.pop("user"):
+        case Ok(value=user):
+            pass
+        case Failed(error=NotFoundError() as missing):
+            raise missing
+        case Failed(error=error):
+            raise error
+    sections: dict[str, Section] = {}
+    for name, outcome in outcomes.items():
+        match outcome:
+            case Ok(value=value):
+                data = (
+                    [OrderOut.model_validate(order) for order in value]
+                    if name == "orders"
+                    else value
+                )
+                sections[name] = Section(status="ok", data=data)
+            case Failed(error=error):
+                sections[name] = Section(status="error", error=_section_error(error))
+    return Summary(user=UserOut.model_validate(user), sections=sections)

@@ -28,7 +28,15 @@ class EmbeddedPostgresMissingError(RuntimeError):
     pass
 
 
-def start_embedded_postgres(data_dir: Path) -> EmbeddedServer:
+def default_data_dir() -> Path:
+    """``.postgres/dev`` beside ``pyproject.toml`` in a source checkout, else in the cwd."""
+    root = Path(__file__).resolve().parents[3]
+    base = root if (root / "pyproject.toml").is_file() else Path.cwd()
+    return base / ".postgres" / "dev"
+
+
+def start_embedded_postgres(data_dir: Path | None = None) -> EmbeddedServer:
+    data_dir = data_dir or default_data_dir()
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.

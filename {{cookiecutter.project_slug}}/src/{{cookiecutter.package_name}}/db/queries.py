@@ -1,0 +1,49 @@
+"""The queries the API needs, each on a session it is given."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..errors import NotFoundError
+from .models import Order, User
+from .session import transaction
+
+
+async def load_user(session: AsyncSession, user_id: int) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFoundError(f"user {user_id} does not exist")
+    return user
+
+
+async def orders_of(session: AsyncSession, user_id: int) -> Sequence[Order]:
+    result = await session.scalars(select(Order).where(Order.user_id == user_id).order_by(Order.id))
+    return result.all()
+
+
+async def insert_order(session: AsyncSession, user_id: int, item: str, quantity: int) -> Order:
+    await load_user(session, user_id)
+    order = Order(user_id=user_id, item=item, quantity=quantity)
+    session.add(order)
+    await session.flush()
+    await session.refresh(order)
+    return order
+
+
+# For concurrent readers (a fan-out): one session per task, since an AsyncSession must never be
+# shared between tasks that run at the same time.
+
+
+async def read_user(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> User:
+    async with transaction(sessionmaker) as session:
+        return await load_user(session, user_id)
+
+
+async def read_orders(
+    sessionmaker: async_sessionmaker[AsyncSession], user_id: int
+) -> Sequence[Order]:
+    async with transaction(sessionmaker) as session:
+        return await orders_of(session, user_id)
