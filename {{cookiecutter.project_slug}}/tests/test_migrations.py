@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from {{ cookiecutter.package_name }}.db.migrate import downgrade_database, upgrade_database
 from {{ cookiecutter.package_name }}.db.models import Base
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -31,6 +37,35 @@ async def test_models_and_migrations_agree(db_engine: AsyncEngine) -> None:
         differences = await connection.run_sync(_differences)
 
     assert differences == []
+
+
+async def test_alembic_command_line_migrates_database_url(
+    server_url: str, db_engine: AsyncEngine
+) -> None:
+    name = "alembic_cli_" + (db_engine.url.database or "").removeprefix("test_")
+    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = db_engine.url.set(database=name)
+    engine = create_async_engine(url)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "alembic", "upgrade", "head",
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        tables = await table_names(engine)
+    finally:
+        await engine.dispose()
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+    assert process.returncode == 0, output.decode()
+    assert {"users", "orders", "alembic_version"} <= tables
 
 
 # Alembic reads the migration scripts from disk while it runs on the loop's thread: fine once at

@@ -117,6 +117,19 @@ def test_bad_values_are_refused(
     assert name in describe_settings_error(raised.value)
 
 
+def test_readme_documents_every_setting() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        name.strip("` ")
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for name in line.split("|")[1].split(",")
+    }
+
+    assert {name.upper() for name in Settings.model_fields} == documented
+
+
 def test_production_start_without_database_url_is_one_clear_line() -> None:
     environment = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
     environment["ENVIRONMENT"] = "production"
