@@ -1,0 +1,82 @@
+"""The pattern catalog: every link resolves, every test it names exists, every practice has a
+proof and a pitfall, both in the template repository and in a generated project."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEMPLATE_DIR, Baker
+
+CATALOG_SOURCE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "docs" / "patterns.md"
+TEST_REFERENCE = re.compile(r"`(tests/[\w/]+\.py)(?:::(\w+))?`")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def broken_links(markdown_file: Path) -> list[str]:
+    text = markdown_file.read_text()
+    broken = []
+    for target in LINK.findall(text):
+        if "://" in target or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0].replace("\\_", "_")
+        if not (markdown_file.parent / path).exists():
+            broken.append(target)
+    return broken
+
+
+def missing_tests(catalog: Path, project: Path) -> list[str]:
+    missing = []
+    for module, name in TEST_REFERENCE.findall(catalog.read_text()):
+        source = project / module
+        if not source.is_file():
+            missing.append(module)
+        elif name and not re.search(rf"^(async )?def {name}\(", source.read_text(), re.M):
+            missing.append(f"{module}::{name}")
+    return missing
+
+
+def test_links_resolve_in_the_template_repository() -> None:
+    assert broken_links(CATALOG_SOURCE) == []
+    assert broken_links(TEMPLATE_DIR / "docs" / "patterns.md") == []
+
+
+def test_links_and_named_tests_resolve_in_a_generated_project(bake: Baker) -> None:
+    project = bake(project_name="Ñandú Ledger")
+    catalog = project / "docs" / "patterns.md"
+
+    assert "{{" not in catalog.read_text()
+    assert broken_links(catalog) == []
+    assert missing_tests(catalog, project) == []
+
+
+def sections(text: str) -> list[str]:
+    return re.split(r"\n## ", text)[1:]
+
+
+@pytest.mark.parametrize("index", range(11))
+def test_every_practice_names_its_file_proof_pitfall_and_the_advice_it_corrects(
+    index: int,
+) -> None:
+    section = sections(CATALOG_SOURCE.read_text())[index]
+
+    for heading in ("**Problem.**", "**Solution.**", "**What common advice gets wrong.**"):
+        assert heading in section, section.splitlines()[0]
+    assert "**Proof" in section
+    assert "pitfall" in section.lower()
+    assert TEST_REFERENCE.search(section)
+
+
+def test_every_pitfall_test_is_in_the_catalog(bake: Baker) -> None:
+    project = bake()
+    catalog = (project / "docs" / "patterns.md").read_text()
+    pitfall_modules = {
+        str(path.relative_to(project))
+        for path in (project / "tests").rglob("test_*.py")
+        if "@pytest.mark.pitfall" in path.read_text()
+    }
+
+    assert pitfall_modules
+    assert [module for module in sorted(pitfall_modules) if module not in catalog] == []
