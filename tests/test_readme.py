@@ -38,7 +38,12 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_requirements_cover_the_generated_service(bake: Baker) -> None:
     pyproject = tomllib.loads((bake() / "pyproject.toml").read_text())
-    needed = pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["dev"]
+    extras = pyproject["project"]["optional-dependencies"]
+    needed = [
+        item
+        for item in pyproject["project"]["dependencies"] + extras["embedded"] + extras["dev"]
+        if Requirement(item).name != pyproject["project"]["name"]
+    ]
     listed = {
         Requirement(line).name.lower()
         for line in (TEMPLATE_DIR / "requirements-test.txt").read_text().splitlines()

@@ -3,6 +3,7 @@ PostgreSQL with migrations applied at start."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 from pathlib import Path
 
@@ -27,6 +28,9 @@ async def test_sigterm_stops_the_service_with_exit_code_0(database_url: str) -> 
     assert "service started" in messages
     assert "service stopping" in messages
     assert all({"ts", "level", "logger", "message"} <= record.keys() for record in records)
+    started = next(record for record in records if record["message"] == "service started")
+    expected_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio.unix_events"
+    assert str(started["event_loop"]).startswith(expected_loop)
 
 
 async def test_development_runs_on_the_embedded_postgres_with_migrations(tmp_path: Path) -> None:

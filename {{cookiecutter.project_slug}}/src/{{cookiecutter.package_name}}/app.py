@@ -104,7 +104,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             # collector's way so full collections stay short (DESIGN.md: p99 75 -> 19 ms).
             gc.collect()
             gc.freeze()
-        logger.info("service started", extra={"environment": settings.environment})
+        logger.info(
+            "service started",
+            extra={
+                "environment": settings.environment,
+                # uvloop when installed (uvicorn picks it): worth seeing in the log.
+                "event_loop": type(asyncio.get_running_loop()).__module__,
+            },
+        )
         yield {"resources": resources}
         logger.info("service stopping")
 

