@@ -1,0 +1,164 @@
+"""One AsyncSession per task: concurrent work never shares a session.
+
+An ``AsyncSession`` is a unit of work with one connection and one transaction at a time; it has
+no locking for callers running at once. The dashboard's fan-out therefore gives each database
+source a session of its own (``db/queries.py``), closed when that source is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import pytest
+from sqlalchemy import event, exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from {{ cookiecutter.package_name }}.db.engine import create_sessionmaker
+from {{ cookiecutter.package_name }}.resources import Resources
+
+from .conftest import make_settings, running_app
+from .upstream_server import ScriptedUpstream
+
+Service = tuple[httpx2.AsyncClient, Resources]
+APPLICATION_NAME = "{{ cookiecutter.package_name }}"
+REQUESTS = 20
+SLEEP = 0.3
+
+
+class PeakCheckouts:
+    """The most connections the engine's pool had checked out at once."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.pool: Any = engine.sync_engine.pool
+        self.peak = 0
+
+    def __call__(self, *_: object) -> None:
+        self.peak = max(self.peak, self.pool.checkedout())
+
+
+@contextmanager
+def peak_checkouts(engine: AsyncEngine) -> Iterator[PeakCheckouts]:
+    watcher = PeakCheckouts(engine)
+    event.listen(watcher.pool, "checkout", watcher)
+    try:
+        yield watcher
+    finally:
+        event.remove(watcher.pool, "checkout", watcher)
+
+
+async def idle_in_transaction(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                "AND state LIKE 'idle in transaction%' AND datname = current_database()"
+            ),
+            {"name": APPLICATION_NAME},
+        )
+        return int(result.scalar_one())
+
+
+@pytest.fixture
+async def roomy_service(
+    database_url: str, upstream: ScriptedUpstream, empty_tables: None
+) -> AsyncIterator[Service]:
+    """The app on the scripted upstream, with deadlines far from what a burst of requests on a
+    busy machine needs: this is about sessions, and a 504 would only hide what they did."""
+    settings = make_settings(
+        database_url,
+        preferences_url=upstream.base_url,
+        notifier_url=upstream.base_url,
+        upstream_timeout=10.0,
+        request_timeout=20.0,
+    )
+    async with running_app(settings) as running:
+        yield running
+
+
+async def test_concurrent_dashboards_each_source_with_its_own_session(
+    roomy_service: Service, db_engine: AsyncEngine
+) -> None:
+    client, resources = roomy_service
+    created = await client.post("/users", json={"email": "many@example.com", "name": "Many"})
+    user_id = created.json()["id"]
+    await client.post(f"/users/{user_id}/orders", json={"item": "cup", "quantity": 2})
+
+    with peak_checkouts(resources.engine) as watcher:
+        async with asyncio.TaskGroup() as group:
+            requests = [
+                group.create_task(client.get(f"/users/{user_id}/dashboard"))
+                for _ in range(REQUESTS)
+            ]
+
+    assert [request.result().status_code for request in requests] == [200] * REQUESTS
+    assert all(len(request.result().json()["orders"]) == 1 for request in requests)
+    # The sources really ran side by side, each on a connection of its own ...
+    assert watcher.peak > 1
+    # ... and every one of those sessions was closed: nothing held, nothing left open.
+    assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await idle_in_transaction(db_engine) == 0
+
+
+async def test_a_session_per_task_lets_statements_overlap(db_engine: AsyncEngine) -> None:
+    sessionmaker = create_sessionmaker(db_engine)
+
+    async def sleep_in_own_session() -> None:
+        async with sessionmaker() as session:
+            await session.execute(text("SELECT pg_sleep(:s)"), {"s": SLEEP})
+
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(sleep_in_own_session())
+        group.create_task(sleep_in_own_session())
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2 * SLEEP * 0.9  # side by side; one after the other takes 2 * SLEEP
+    assert db_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.pitfall
+async def test_pitfall_one_session_shared_by_concurrent_tasks_fails(
+    db_engine: AsyncEngine,
+) -> None:
+    session = create_sessionmaker(db_engine)()
+
+    async def two_statements_at_once() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(session.execute(text("SELECT pg_sleep(0.1)")))
+            group.create_task(session.execute(text("SELECT pg_sleep(0.1)")))
+
+    try:
+        with pytest.raises(ExceptionGroup) as caught:
+            await two_statements_at_once()
+    finally:
+        await session.close()
+
+    # The second task found the session halfway through opening its connection for the first.
+    assert caught.group_contains(exc.InvalidRequestError, match="concurrent operations")
+    assert db_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.pitfall
+async def test_pitfall_a_shared_session_that_does_not_fail_runs_one_statement_at_a_time(
+    db_engine: AsyncEngine,
+) -> None:
+    session = create_sessionmaker(db_engine)()
+    try:
+        # Once the session holds a connection, the driver adapter queues statements behind a
+        # lock instead of failing: no error, and no concurrency either.
+        await session.execute(text("SELECT 1"))
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(session.execute(text("SELECT pg_sleep(:s)"), {"s": SLEEP}))
+            group.create_task(session.execute(text("SELECT pg_sleep(:s)"), {"s": SLEEP}))
+        elapsed = time.monotonic() - started
+    finally:
+        await session.close()
+
+    assert elapsed >= 2 * SLEEP
+    assert db_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
