@@ -349,3 +349,24 @@ async def test_drained_shielded_work_survives_the_loop_shutting_down() -> None:
 async def test_pitfall_shielded_but_undrained_work_is_cancelled_by_asyncio_run() -> None:
     # shield protects from the caller's cancellation only; asyncio.run's shutdown cancels it.
     assert await asyncio.to_thread(_serve_one_cancelled_request, False) == ["write cancelled"]
+
+
+async def test_work_started_by_tracked_work_while_draining_is_drained_too() -> None:
+    supervisor = TaskSupervisor()
+    finished: list[str] = []
+
+    async def follow_up() -> None:
+        await asyncio.sleep(0.1)
+        finished.append("follow-up")
+
+    async def write_then_follow_up() -> None:
+        await asyncio.sleep(0.1)
+        finished.append("write")
+        # By now drain has started: a tracked task may still hand on its work.
+        supervisor.spawn(follow_up(), name="follow-up")
+
+    supervisor.spawn(write_then_follow_up(), name="write")
+    summary = await supervisor.drain(grace=2.0)
+
+    assert finished == ["write", "follow-up"]
+    assert (summary.drained, summary.cancelled) == (2, 0)

@@ -87,8 +87,9 @@ class TaskSupervisor:
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         """Start ``coro`` as a tracked task named ``name`` and return at once.
 
-        A failure is logged when it happens. Raises ``SupervisorClosedError`` once ``drain``
-        has started (the coroutine is closed, so it does not warn that it was never awaited).
+        A failure is logged when it happens. Once ``drain`` has started, raises
+        ``SupervisorClosedError`` (closing the coroutine, so it does not warn that it was never
+        awaited), unless the caller is itself a tracked task.
         """
         task, _ = self._start(coro, name)
         return task
@@ -116,16 +117,22 @@ class TaskSupervisor:
     async def drain(self, grace: float, *, cancel_wait: float = 1.0) -> DrainSummary:
         """Stop accepting work, wait up to ``grace`` seconds, then cancel and log what is left.
 
-        Cancelled tasks get ``cancel_wait`` more seconds to unwind; any that still run are
-        logged as stuck and left alone. If ``drain`` itself is cancelled, it cancels every
-        remaining task before re-raising.
+        Work that tracked tasks start while draining (a write that, once stored, spawns its
+        notification) is waited for too, within the same ``grace``. Cancelled tasks get
+        ``cancel_wait`` more seconds to unwind; any that still run are logged as stuck and left
+        alone. If ``drain`` itself is cancelled, it cancels every remaining task and re-raises.
         """
         self._closed = True
-        waiting = set(self._tasks)
-        if not waiting:
-            return DrainSummary(drained=0, cancelled=0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        drained = 0
+        left: set[asyncio.Task[Any]] = set()
+        stuck: set[asyncio.Task[Any]] = set()
         try:
-            done, left = await asyncio.wait(waiting, timeout=grace)
+            while self._tasks and (remaining := deadline - loop.time()) > 0:
+                done, _ = await asyncio.wait(set(self._tasks), timeout=remaining)
+                drained += len(done)
+            left = set(self._tasks)
             for task in left:
                 self._logger.warning(
                     "background task %r still running after the %g s grace period; cancelling",
@@ -134,7 +141,6 @@ class TaskSupervisor:
                     extra={"task": task.get_name()},
                 )
                 task.cancel()
-            stuck: set[asyncio.Task[Any]] = set()
             if left:
                 _, stuck = await asyncio.wait(left, timeout=cancel_wait)
         except asyncio.CancelledError:
@@ -148,14 +154,16 @@ class TaskSupervisor:
                 extra={"task": task.get_name()},
             )
         return DrainSummary(
-            drained=len(done),
+            drained=drained,
             cancelled=len(left),
             cancelled_names=tuple(sorted(task.get_name() for task in left)),
             stuck=tuple(sorted(task.get_name() for task in stuck)),
         )
 
     def _start(self, coro: Coroutine[Any, Any, T], name: str) -> tuple[asyncio.Task[T], _Tracked]:
-        if self._closed:
+        # While draining, only tracked work may start more work (it is part of what is being
+        # finished); anything else is refused, so shutdown cannot be kept open from outside.
+        if self._closed and asyncio.current_task() not in self._tasks:
             coro.close()
             raise SupervisorClosedError(f"cannot start {name!r}: the supervisor is draining")
         # The task runs in this copy of the caller's context; the done callback runs in it too.
