@@ -84,9 +84,9 @@ def rendered_answers() -> dict[str, str]:
     # a valid string literal. Unrendered, Python reads each double-brace expression as a set
     # inside a set, evaluated only if this function is called, so tests can import the file.
     return {
-        "use_docker": {{ cookiecutter.use_docker | tojson }},  # noqa: F821
-        "ci_provider": {{ cookiecutter.ci_provider | tojson }},  # noqa: F821
-        "license": {{ cookiecutter.license | tojson }},  # noqa: F821
+        "use_docker": {{ cookiecutter.use_docker | tojson }},
+        "ci_provider": {{ cookiecutter.ci_provider | tojson }},
+        "license": {{ cookiecutter.license | tojson }},
     }  # fmt: skip
 
 

@@ -30,7 +30,8 @@ DEPENDENCY_MODULES = frozenset(
 UNNAMED = "_unnamed_"
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
-EMAIL = re.compile(r"^[^@\s<>\"',;]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")  # fmt: skip
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+EMAIL = re.compile(rf"^[^@\s<>\"',;]+@{_LABEL}(?:\.{_LABEL})+$")
 CHOICES = {
     "python_version": ("3.11", "3.12", "3.13", "3.14"),
     "ci_provider": ("github", "gitlab", "none"),
@@ -171,7 +172,7 @@ def rendered_answers() -> dict[str, str]:
 
 def main() -> int:
     try:
-        from cookiecutter import __version__ as cookiecutter_version  # noqa: PLC0415
+        from cookiecutter import __version__ as cookiecutter_version
 
         check_cookiecutter_version(cookiecutter_version)
         validate(rendered_answers())

@@ -29,7 +29,9 @@ BAKES = [
 ]  # fmt: skip
 
 
-def run_generated_suite(project: Path, database_url: str | None) -> subprocess.CompletedProcess[str]:
+def run_generated_suite(
+    project: Path, database_url: str | None
+) -> subprocess.CompletedProcess[str]:
     environment = dict(os.environ)
     environment.pop("TEST_DATABASE_URL", None)
     if database_url:
@@ -57,6 +59,8 @@ def test_generated_suite_passes(
 
     summary = finished.stdout.strip().splitlines()[-1] if finished.stdout.strip() else ""
     assert finished.returncode == 0, finished.stdout[-6000:] + finished.stderr[-3000:]
-    assert " passed" in summary and "failed" not in summary and "error" not in summary
+    assert " passed" in summary
+    assert "failed" not in summary
+    assert "error" not in summary
     passed = int(summary.split(" passed")[0].split()[-1])
     assert passed >= 30, summary

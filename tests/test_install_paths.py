@@ -12,7 +12,9 @@ from .conftest import Baker
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
+    return subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+    )
 
 
 def test_pip_builds_a_wheel_with_the_migrations(bake: Baker, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ def load_hook() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "pre_gen_project", TEMPLATE_DIR / "hooks" / "pre_gen_project.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -144,7 +145,7 @@ def test_cookiecutter_version_gate(version: str, ok: bool) -> None:
     if ok:
         hook.check_cookiecutter_version(version)
     else:
-        with pytest.raises(hook.AnswerError, match="cookiecutter>=2.7"):
+        with pytest.raises(hook.AnswerError, match=r"cookiecutter>=2\.7"):
             hook.check_cookiecutter_version(version)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -15,7 +14,9 @@ README = (TEMPLATE_DIR / "README.md").read_text()
 
 
 def shell_commands(markdown: str) -> list[str]:
-    return [block.strip() for block in re.findall(r"```sh\n(.*?)\n\s*```", markdown, flags=re.DOTALL)]
+    return [
+        block.strip() for block in re.findall(r"```sh\n(.*?)\n\s*```", markdown, flags=re.DOTALL)
+    ]
 
 
 def test_readme_has_the_two_one_line_commands() -> None:
@@ -55,7 +56,10 @@ def test_requirements_cover_the_generated_service(bake: Baker) -> None:
 
 def test_relative_links_in_the_readmes_resolve(bake: Baker) -> None:
     project = bake()
-    for readme, root in ((TEMPLATE_DIR / "README.md", TEMPLATE_DIR), (project / "README.md", project)):
+    for readme, root in (
+        (TEMPLATE_DIR / "README.md", TEMPLATE_DIR),
+        (project / "README.md", project),
+    ):
         text = readme.read_text()
         links = re.findall(r"\]\(([^)#]+)\)", text)
         local = [link for link in links if "://" not in link]
