@@ -28,6 +28,8 @@ DEPENDENCY_MODULES = frozenset(
 # What cookiecutter.json derives as the slug when the project name has nothing to slugify:
 # a non-empty folder name, so that cookiecutter gets as far as running this hook.
 UNNAMED = "_unnamed_"
+MAX_SLUG_LENGTH = 64
+MAX_PACKAGE_LENGTH = 32
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 PACKAGE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -91,11 +93,22 @@ def check_project_slug(value: str) -> None:
             f"{value!r} is not valid; use lowercase ASCII letters, digits and single hyphens, "
             "starting and ending with a letter or digit, e.g. 'orders-service'",
         )
+    if len(value) > MAX_SLUG_LENGTH:
+        raise AnswerError(
+            "project_slug",
+            f"is {len(value)} characters long; at most {MAX_SLUG_LENGTH}, e.g. 'orders-service'",
+        )
     if "--" in value:
         raise AnswerError("project_slug", f"{value!r} has a double hyphen; use single hyphens")
 
 
 def check_package_name(value: str) -> None:
+    if len(value) > MAX_PACKAGE_LENGTH:
+        raise AnswerError(
+            "package_name",
+            f"{value!r} is {len(value)} characters long; at most {MAX_PACKAGE_LENGTH} "
+            "(it is spelled in every import), e.g. 'orders_service'",
+        )
     if not PACKAGE.match(value):
         raise AnswerError(
             "package_name",

@@ -49,6 +49,13 @@ BAD_ANSWERS = [
     pytest.param({"project_name": "Logging"}, "package_name", id="derived-stdlib"),
     pytest.param({"package_name": "fastapi"}, "package_name", id="package-dependency"),
     pytest.param({"package_name": "café"}, "package_name", id="package-non-ascii"),
+    pytest.param({"package_name": "p" * 33}, "package_name", id="package-too-long"),
+    pytest.param(
+        {"project_name": "Customer Notification Preferences Service"},
+        "package_name",
+        id="derived-package-too-long",
+    ),
+    pytest.param({"project_slug": "s" * 65}, "project_slug", id="slug-too-long"),
     pytest.param({"author_email": "not-an-email"}, "author_email", id="email-no-at"),
     pytest.param({"author_email": "a@b"}, "author_email", id="email-no-domain-dot"),
     pytest.param({"author_email": "a b@example.com"}, "author_email", id="email-space"),

@@ -30,7 +30,9 @@ class Resources:
     loop_lag: LoopLagMonitor
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+    # (and a wait for a free thread under load) on every request that needs the resources.
     resources: Resources = request.state.resources
     return resources
 

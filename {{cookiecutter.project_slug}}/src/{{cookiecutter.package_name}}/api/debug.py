@@ -26,7 +26,7 @@ class UnauthorizedError(ServiceError):
     headers: Mapping[str, str] | None = MappingProxyType({"WWW-Authenticate": "Bearer"})
 
 
-def require_debug_token(
+async def require_debug_token(
     resources: ResourcesDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
     expected = resources.settings.debug_token

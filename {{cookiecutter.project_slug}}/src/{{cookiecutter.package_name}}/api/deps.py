@@ -15,7 +15,8 @@ __all__ = ["ResourcesDep", "SessionDep", "transactional_session"]
 
 
 async def transactional_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with transaction(get_resources(request).sessionmaker) as session:
+    resources = await get_resources(request)
+    async with transaction(resources.sessionmaker) as session:
         yield session
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli
 from {{ cookiecutter.package_name }}.db.models import Base
 
 target_metadata = Base.metadata
@@ -46,8 +47,6 @@ def main() -> None:
         return
     url = context.config.get_main_option("sqlalchemy.url")
     if not url:
-        from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli  # noqa: PLC0415
-
         url = database_url_for_cli()
     asyncio.run(run_with_own_engine(url))
 
