@@ -258,7 +258,25 @@ async def test_middleware_does_not_swallow_the_servers_cancellation() -> None:
         await serving
     assert serving.cancelled()
     assert observed == ["app cancelled"]
-    assert exchange.sent == []  # no 504: it was not our deadline
+    # Not a 504 (it was not our deadline): a 503 in the service's error shape.
+    assert exchange.status == 503
+    assert json.loads(exchange.body())["error"]["code"] == "unavailable"
+
+
+async def test_the_servers_cancellation_propagates_even_when_the_client_is_gone() -> None:
+    middleware = RequestDeadlineMiddleware(_sleeping_app(5, []), timeout=5)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def broken_send(message: Message) -> None:
+        raise OSError("connection reset by peer")
+
+    serving = asyncio.create_task(middleware(_http_scope(), receive, broken_send))
+    await asyncio.sleep(0.05)
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
 
 
 @pytest.mark.pitfall

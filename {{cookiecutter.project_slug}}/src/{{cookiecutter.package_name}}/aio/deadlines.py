@@ -21,6 +21,7 @@ deadline; ``asyncio.timeout`` makes that distinction (it only converts its own c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -118,17 +119,24 @@ class RequestDeadlineMiddleware:
                 extra={"method": scope.get("method"), "path": scope.get("path")},
             )
             if not response_started:
-                await self._send_504(send)
+                message = f"the request did not complete within {self.timeout:g} s"
+                await self._send_error(send, 504, "deadline_exceeded", message)
+        except asyncio.CancelledError:
+            # Not our deadline: the server is cancelling the request (its shutdown grace ran
+            # out). Tell the client in the service's error shape rather than leave it to the
+            # server's plain-text 500, then let the cancellation go on.
+            if not response_started:
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    message = "the service stopped before the request completed"
+                    await self._send_error(send, 503, "unavailable", message)
+            raise
 
-    async def _send_504(self, send: Send) -> None:
-        error: dict[str, str] = {
-            "code": "deadline_exceeded",
-            "message": f"the request did not complete within {self.timeout:g} s",
-        }
+    async def _send_error(self, send: Send, status: int, code: str, message: str) -> None:
+        error: dict[str, str] = {"code": code, "message": message}
         request_id = self.request_id() if self.request_id is not None else None
         if request_id is not None:
             error["request_id"] = request_id
         body = json.dumps({"error": error}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 504, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
