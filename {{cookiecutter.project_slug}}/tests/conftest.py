@@ -161,16 +161,38 @@ async def service(
     database_url: str, upstream: ScriptedUpstream, empty_tables: None
 ) -> AsyncIterator[tuple[httpx2.AsyncClient, Resources]]:
     """The app wired to the scripted upstream, with short deadlines so failures show fast."""
-    settings = make_settings(
-        database_url,
-        preferences_url=upstream.base_url,
-        notifier_url=upstream.base_url,
-        upstream_timeout=1.0,
-        request_timeout=3.0,
-        shutdown_grace=2.0,
-    )
-    async with running_app(settings) as running:
+    async with running_app(upstream_settings(database_url, upstream)) as running:
         yield running
+
+
+def upstream_settings(
+    database_url: str, upstream: ScriptedUpstream, **overrides: object
+) -> Settings:
+    """Settings of an app whose two upstreams are ``upstream``; short deadlines by default."""
+    values: dict[str, object] = {
+        "preferences_url": upstream.base_url,
+        "notifier_url": upstream.base_url,
+        "upstream_timeout": 1.0,
+        "request_timeout": 3.0,
+        "shutdown_grace": 2.0,
+    }
+    values.update(overrides)
+    return make_settings(database_url, **values)
+
+
+async def idle_in_transaction(
+    engine: AsyncEngine, application_name: str = "{{ cookiecutter.package_name }}"
+) -> int:
+    """Connections of ``application_name`` left ``idle in transaction`` in this database."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                "AND state LIKE 'idle in transaction%' AND datname = current_database()"
+            ),
+            {"name": application_name},
+        )
+        return int(result.scalar_one())
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.resources import Resources
 
-from .conftest import make_settings, running_app
+from .conftest import make_settings, running_app, upstream_settings
 from .upstream_server import ScriptedUpstream
 
 Service = tuple[httpx2.AsyncClient, Resources]
@@ -30,14 +30,8 @@ async def debug_service(
     database_url: str, upstream: ScriptedUpstream, empty_tables: None
 ) -> AsyncIterator[Service]:
     """The app with a debug token, wired to the scripted upstream, with room for slow calls."""
-    settings = make_settings(
-        database_url,
-        debug_token=TOKEN,
-        preferences_url=upstream.base_url,
-        notifier_url=upstream.base_url,
-        upstream_timeout=3.0,
-        request_timeout=5.0,
-        shutdown_grace=2.0,
+    settings = upstream_settings(
+        database_url, upstream, debug_token=TOKEN, upstream_timeout=3.0, request_timeout=5.0
     )
     async with running_app(settings) as running:
         yield running

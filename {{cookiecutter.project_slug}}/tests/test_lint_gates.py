@@ -286,7 +286,7 @@ async def test_pitfall_except_baseexception_overruns_the_deadline() -> None:
         outcome = "fetched"
         try:
             await asyncio.sleep(5)
-        except BaseException:
+        except BaseException:  # noqa: ASYNC103 - the pitfall on purpose
             outcome = "failed, carrying on"
         await asyncio.sleep(0.3)  # the work goes on after the deadline has passed
         return outcome

@@ -24,7 +24,7 @@ from {{ cookiecutter.package_name }}.errors import ServiceError
 from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import resources_of
+from .conftest import idle_in_transaction, resources_of
 
 # The same dependency with FastAPI's default scope: exit code after the response is sent.
 LateCommitSessionDep = Annotated[AsyncSession, Depends(transactional_session, scope="request")]
@@ -160,18 +160,6 @@ async def test_no_connection_stays_checked_out_after_requests(
     assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-async def idle_in_transaction(engine: AsyncEngine, application_name: str) -> int:
-    async with engine.connect() as connection:
-        result = await connection.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                "AND state LIKE 'idle in transaction%' AND datname = current_database()"
-            ),
-            {"name": application_name},
-        )
-        return int(result.scalar_one())
-
-
 async def test_a_cancelled_request_leaves_no_connection_and_no_open_transaction(
     routed: tuple[httpx2.AsyncClient, Resources], written: asyncio.Event, db_engine: AsyncEngine
 ) -> None:
@@ -184,7 +172,7 @@ async def test_a_cancelled_request_leaves_no_connection_and_no_open_transaction(
         await request
 
     assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert await idle_in_transaction(db_engine, "{{ cookiecutter.package_name }}") == 0
+    assert await idle_in_transaction(db_engine) == 0
     assert await emails(db_engine) == []
 
 
@@ -214,5 +202,5 @@ async def test_pitfall_a_session_left_open_by_a_cancelled_task_holds_its_connect
         # The connection is neither returned nor rolled back: the server sees an open
         # transaction that nobody will ever finish (until garbage collection finds it).
         assert resources.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
-        assert await idle_in_transaction(db_engine, "{{ cookiecutter.package_name }}") == 1
+        assert await idle_in_transaction(db_engine) == 1
         await opened[0].close()

@@ -21,11 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from {{ cookiecutter.package_name }}.db.engine import create_sessionmaker
 from {{ cookiecutter.package_name }}.resources import Resources
 
-from .conftest import make_settings, running_app
+from .conftest import idle_in_transaction, running_app, upstream_settings
 from .upstream_server import ScriptedUpstream
 
 Service = tuple[httpx2.AsyncClient, Resources]
-APPLICATION_NAME = "{{ cookiecutter.package_name }}"
 REQUESTS = 20
 SLEEP = 0.3
 
@@ -51,30 +50,14 @@ def peak_checkouts(engine: AsyncEngine) -> Iterator[PeakCheckouts]:
         event.remove(watcher.pool, "checkout", watcher)
 
 
-async def idle_in_transaction(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        result = await connection.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
-                "AND state LIKE 'idle in transaction%' AND datname = current_database()"
-            ),
-            {"name": APPLICATION_NAME},
-        )
-        return int(result.scalar_one())
-
-
 @pytest.fixture
 async def roomy_service(
     database_url: str, upstream: ScriptedUpstream, empty_tables: None
 ) -> AsyncIterator[Service]:
     """The app on the scripted upstream, with deadlines far from what a burst of requests on a
     busy machine needs: this is about sessions, and a 504 would only hide what they did."""
-    settings = make_settings(
-        database_url,
-        preferences_url=upstream.base_url,
-        notifier_url=upstream.base_url,
-        upstream_timeout=10.0,
-        request_timeout=20.0,
+    settings = upstream_settings(
+        database_url, upstream, upstream_timeout=10.0, request_timeout=20.0
     )
     async with running_app(settings) as running:
         yield running
