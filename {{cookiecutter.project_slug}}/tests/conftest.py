@@ -32,6 +32,7 @@ from .upstream_server import ScriptedUpstream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASYNCPG_CONNECT = "asyncpg/connect_utils.py"
+APP_NAME = "{{ cookiecutter.package_name }}"  # the application_name of the service's connections
 
 
 @pytest.fixture(autouse=True)
@@ -180,9 +181,7 @@ def upstream_settings(
     return make_settings(database_url, **values)
 
 
-async def idle_in_transaction(
-    engine: AsyncEngine, application_name: str = "{{ cookiecutter.package_name }}"
-) -> int:
+async def idle_in_transaction(engine: AsyncEngine, application_name: str = APP_NAME) -> int:
     """Connections of ``application_name`` left ``idle in transaction`` in this database."""
     async with engine.connect() as connection:
         result = await connection.execute(
