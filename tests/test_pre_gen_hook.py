@@ -31,6 +31,18 @@ def load_hook() -> ModuleType:
 
 hook = load_hook()
 
+
+def generate(output_dir: Path, answers: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the cookiecutter command line, as a user would, with ``answers`` on it."""
+    arguments = [f"{key}={value}" for key, value in answers.items()]
+    return subprocess.run(
+        [*COOKIECUTTER, "--output-dir", str(output_dir), *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 BAD_ANSWERS = [
     pytest.param({"project_name": ""}, "project_name", id="empty-name"),
     pytest.param({"project_name": "   "}, "project_name", id="blank-name"),
@@ -69,14 +81,7 @@ BAD_ANSWERS = [
 def test_bad_answer_stops_with_one_line_and_leaves_nothing(
     tmp_path: Path, answers: dict[str, str], field: str
 ) -> None:
-    arguments = [f"{key}={value}" for key, value in answers.items()]
-
-    finished = subprocess.run(
-        [*COOKIECUTTER, "--output-dir", str(tmp_path), *arguments],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    finished = generate(tmp_path, answers)
 
     assert finished.returncode == 1
     output = finished.stdout + finished.stderr
@@ -101,14 +106,7 @@ def test_bad_answer_stops_with_one_line_and_leaves_nothing(
     ],
 )
 def test_unusual_but_valid_answers_generate(tmp_path: Path, answers: dict[str, str]) -> None:
-    arguments = [f"{key}={value}" for key, value in answers.items()]
-
-    finished = subprocess.run(
-        [*COOKIECUTTER, "--output-dir", str(tmp_path), *arguments],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    finished = generate(tmp_path, answers)
 
     assert finished.returncode == 0, finished.stderr
     assert len(list(tmp_path.iterdir())) == 1
