@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from {{ cookiecutter.package_name }}.api.deps import SessionDep, transactional_session
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.db.models import User
+from {{ cookiecutter.package_name }}.db.session import transaction
 from {{ cookiecutter.package_name }}.errors import ServiceError
 from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -174,6 +175,31 @@ async def test_a_cancelled_request_leaves_no_connection_and_no_open_transaction(
     assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await idle_in_transaction(db_engine) == 0
     assert await emails(db_engine) == []
+
+
+async def test_the_session_closes_before_a_repeatedly_cancelled_task_returns(
+    settings: Settings, empty_tables: None
+) -> None:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        resources = resources_of(manager)
+        began = asyncio.Event()
+
+        async def work() -> None:
+            async with transaction(resources.sessionmaker) as session:
+                await session.execute(text("SELECT 1"))
+                began.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(work())
+        await began.wait()
+        while not task.done():  # a deadline, then shutdown, then another: cancel after cancel
+            task.cancel()
+            await asyncio.sleep(0)
+
+        assert task.cancelled()
+        # The moment the task is done its connection is back: the close was not cut short.
+        assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.pitfall
