@@ -52,21 +52,39 @@ def test_links_and_named_tests_resolve_in_a_generated_project(bake: Baker) -> No
     assert missing_tests(catalog, project) == []
 
 
-def sections(text: str) -> list[str]:
-    return re.split(r"\n## ", text)[1:]
+def practice_sections(text: str) -> dict[str, str]:
+    """The numbered sections (``## N. Title``), one per practice, by their heading."""
+    found = re.findall(r"^(## \d+\. .*?)(?=^## |\Z)", text, re.M | re.S)
+    return {section.splitlines()[0]: section for section in found}
 
 
-@pytest.mark.parametrize("index", range(11))
+PRACTICES = practice_sections(CATALOG_SOURCE.read_text())
+
+
+def test_the_practices_are_numbered_in_order() -> None:
+    numbers = [int(heading.split()[1].rstrip(".")) for heading in PRACTICES]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert len(numbers) >= 12
+
+
+@pytest.mark.parametrize("heading", list(PRACTICES))
 def test_every_practice_names_its_file_proof_pitfall_and_the_advice_it_corrects(
-    index: int,
+    heading: str,
 ) -> None:
-    section = sections(CATALOG_SOURCE.read_text())[index]
+    section = PRACTICES[heading]
+    order = ["**Problem.**", "**Solution.**", "```python", "**Proof", "**Pitfall",
+             "**What common advice gets wrong.**"]  # fmt: skip
+    positions = [section.find(marker) for marker in order]
 
-    for heading in ("**Problem.**", "**Solution.**", "**What common advice gets wrong.**"):
-        assert heading in section, section.splitlines()[0]
-    assert "**Proof" in section
-    assert "pitfall" in section.lower()
-    assert TEST_REFERENCE.search(section)
+    assert -1 not in positions, [m for m, at in zip(order, positions, strict=True) if at < 0]
+    assert positions == sorted(positions), "the parts are not in the catalog's order"
+    assert "# bad" in section
+    assert "# good" in section
+    assert "](../" in section  # links the file that holds the practice
+    proof = section[positions[3] : positions[4]]
+    pitfalls = section[positions[4] : positions[5]]
+    assert TEST_REFERENCE.search(proof), "no named proof test"
+    assert re.search(r"::test_pitfall_\w+`", pitfalls), "no named pitfall test"
 
 
 def test_every_pitfall_test_is_in_the_catalog(bake: Baker) -> None:

@@ -7,7 +7,8 @@ succeed, fail, or wait to be cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
 
 import httpx2
@@ -15,7 +16,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from {{ cookiecutter.package_name }}.api.deps import SessionDep, transactional_session
 from {{ cookiecutter.package_name }}.app import create_app
@@ -25,7 +26,7 @@ from {{ cookiecutter.package_name }}.errors import ServiceError
 from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import idle_in_transaction, resources_of
+from .conftest import idle_in_transaction, resources_of, running_app
 
 # The same dependency with FastAPI's default scope: exit code after the response is sent.
 LateCommitSessionDep = Annotated[AsyncSession, Depends(transactional_session, scope="request")]
@@ -177,29 +178,87 @@ async def test_a_cancelled_request_leaves_no_connection_and_no_open_transaction(
     assert await emails(db_engine) == []
 
 
+async def cancel_until_done(task: asyncio.Task[None]) -> int:
+    """Cancel ``task`` on every pass of the loop until it ends, as a deadline, then a shutdown,
+    then another deadline would; return how many cancellations it took."""
+    cancellations = 0
+    while not task.done():
+        task.cancel()
+        cancellations += 1
+        await asyncio.sleep(0)
+    return cancellations
+
+
+async def backend_pid(resources: Resources) -> int:
+    async with resources.sessionmaker() as session:
+        pid: int = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    return pid
+
+
+async def repeatedly_cancelled_session(
+    open_session: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+) -> tuple[int, int]:
+    """Use a session in a task and cancel the task again and again, also while the session is
+    closing; return the server process of its connection and how many cancellations it took."""
+    began = asyncio.Event()
+    pids: list[int] = []
+
+    async def work() -> None:
+        async with open_session() as session:
+            pids.append((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            began.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(work())
+    await began.wait()
+    cancellations = await cancel_until_done(task)
+    assert task.cancelled()
+    return pids[0], cancellations
+
+
+@asynccontextmanager
+async def plainly_closed(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """The usual hand-written version: close in ``finally``, with nothing to protect the close."""
+    session = sessionmaker()
+    try:
+        yield session
+        await session.commit()
+    finally:
+        await session.close()
+
+
 async def test_the_session_closes_before_a_repeatedly_cancelled_task_returns(
     settings: Settings, empty_tables: None
 ) -> None:
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        resources = resources_of(manager)
-        began = asyncio.Event()
+    async with running_app(settings) as (_, resources):
+        pid, cancellations = await repeatedly_cancelled_session(
+            lambda: transaction(resources.sessionmaker)
+        )
 
-        async def work() -> None:
-            async with transaction(resources.sessionmaker) as session:
-                await session.execute(text("SELECT 1"))
-                began.set()
-                await asyncio.sleep(30)
-
-        task = asyncio.create_task(work())
-        await began.wait()
-        while not task.done():  # a deadline, then shutdown, then another: cancel after cancel
-            task.cancel()
-            await asyncio.sleep(0)
-
-        assert task.cancelled()
-        # The moment the task is done its connection is back: the close was not cut short.
+        assert cancellations > 1  # the close itself was cancelled, and went on regardless
+        # The moment the task is done its connection is back, rolled back and healthy ...
         assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        # ... and the next session gets that same connection: nothing had to be reopened.
+        assert await backend_pid(resources) == pid
+
+
+@pytest.mark.pitfall
+async def test_pitfall_a_plain_close_cut_by_a_second_cancellation_loses_the_connection(
+    settings: Settings, empty_tables: None
+) -> None:
+    async with running_app(settings) as (_, resources):
+        pid, cancellations = await repeatedly_cancelled_session(
+            lambda: plainly_closed(resources.sessionmaker)
+        )
+
+        assert cancellations > 1
+        # SQLAlchemy gives the pool slot back, but the rollback was cut, so it can only
+        # terminate the connection: the next session has to open a new one. In a storm of
+        # deadlines and a shutdown, every cancelled request costs a reconnect.
+        assert resources.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert await backend_pid(resources) != pid
 
 
 @pytest.mark.pitfall

@@ -1,0 +1,332 @@
+"""Every proof is load-bearing: replace a practice with its naive version and its proof fails.
+
+For each practice, the test below takes a freshly baked service, rewrites the practice's code
+into the naive version that people write first (``gather`` for the task group, a bare
+``create_task`` for the supervisor, a plain ``close()``, FastAPI's default dependency scope,
+...), runs the generated suite's modules that hold the practice's proofs, and asserts two things:
+the run fails, and among the failures are the tests that the pattern catalog names as that
+practice's proof. A proof that still passes with the practice removed proves nothing, and this is
+where that shows.
+
+Each rewrite must match its source text exactly once, so a refactoring of the practice's code
+that leaves a removal stale fails here loudly instead of silently testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEMPLATE_DIR, bake_into
+
+CATALOG_SOURCE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "docs" / "patterns.md"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """The naive version of one practice, and the catalog's proofs that must catch it."""
+
+    practice: int  # the number of the catalog section that explains it
+    path: str  # the file rewritten, relative to the baked project
+    rewrites: tuple[tuple[str, str], ...]  # (code of the practice, its naive replacement)
+    proofs: tuple[str, ...]  # tests/...py::name, each named in that section's Proof
+
+
+def source(module: str) -> str:
+    """A module of the service's package, whatever the package is called in the bake."""
+    return f"src/<package>/{module}"
+
+
+FANOUT_WITH_GATHER = """\
+async def run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:
+    values = await asyncio.gather(*(_run_source(name, src) for name, src in named.items()))
+    return dict(zip(named, values, strict=True))
+
+
+async def _replaced_run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:"""
+
+FANOUT_ONE_AFTER_ANOTHER = """\
+async def run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:
+    return {name: await _run_source(name, src) for name, src in named.items()}
+
+
+async def _replaced_run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:"""
+
+SETTLED_WITH_GATHER = """\
+async def run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:
+    calls = (src if isinstance(src, Coroutine) else src() for src in named.values())
+    values = await asyncio.gather(*calls)
+    return {name: Ok(value) for name, value in zip(named, values, strict=True)}
+
+
+async def _replaced_run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:"""
+
+SETTLED_ONE_AFTER_ANOTHER = """\
+async def run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:
+    return {name: await _settle(src) for name, src in named.items()}
+
+
+async def _replaced_run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:"""
+
+
+REMOVALS = {
+    "fanout-taskgroup-to-gather": Removal(
+        practice=1,
+        path=source("aio/fanout.py"),
+        rewrites=(
+            ("async def run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:",
+             FANOUT_WITH_GATHER),
+        ),
+        proofs=(
+            "tests/aio/test_aio_fanout.py::test_first_failure_cancels_the_others_and_names_the_source",
+            "tests/test_dashboard.py::test_first_failure_cancels_the_other_sources",
+        ),
+    ),
+    "fanout-taskgroup-to-sequential-awaits": Removal(
+        practice=1,
+        path=source("aio/fanout.py"),
+        rewrites=(
+            ("async def run_all(named: Mapping[str, Source[T]]) -> dict[str, T]:",
+             FANOUT_ONE_AFTER_ANOTHER),
+        ),
+        proofs=(
+            "tests/aio/test_aio_fanout.py::test_latency_is_the_slowest_source_not_the_sum",
+            "tests/test_dashboard.py::test_latency_is_the_slowest_source_not_the_sum",
+        ),
+    ),
+    "settled-to-gather-without-return-exceptions": Removal(
+        practice=2,
+        path=source("aio/settled.py"),
+        rewrites=(
+            ("async def run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:",
+             SETTLED_WITH_GATHER),
+        ),
+        proofs=(
+            "tests/aio/test_aio_settled.py::test_every_section_is_reported_by_name",
+            "tests/test_summary.py::test_one_failing_upstream_costs_only_its_section",
+        ),
+    ),
+    "settled-to-sequential-awaits": Removal(
+        practice=2,
+        path=source("aio/settled.py"),
+        rewrites=(
+            ("async def run_settled(named: Mapping[str, Source[T]]) -> dict[str, Outcome[T]]:",
+             SETTLED_ONE_AFTER_ANOTHER),
+        ),
+        proofs=("tests/test_summary.py::test_latency_is_the_slowest_source_not_the_sum",),
+    ),
+    "call-deadline-to-no-deadline": Removal(
+        practice=3,
+        path=source("aio/deadlines.py"),
+        rewrites=(("timeout = asyncio.timeout(seconds)", "timeout = asyncio.timeout(None)"),),
+        proofs=(
+            "tests/aio/test_aio_deadlines.py::test_call_deadline_bounds_the_whole_block_not_each_step",
+        ),
+    ),
+    "upstream-calls-without-total-deadline": Removal(
+        practice=3,
+        path=source("upstream/calls.py"),
+        rewrites=(
+            ('async with call_deadline(self.deadline, what=f"{service} {method}"):',
+             "if True:"),
+        ),
+        proofs=(
+            "tests/test_upstream_deadlines.py::test_a_hanging_upstream_is_cut_at_the_deadline",
+            "tests/test_upstream_deadlines.py::test_a_trickling_upstream_is_cut_at_the_total_deadline",
+        ),
+    ),
+    "request-deadline-middleware-to-pass-through": Removal(
+        practice=3,
+        path=source("aio/deadlines.py"),
+        rewrites=(('        if scope["type"] != "http":\n', "        if True:\n"),),
+        proofs=(
+            "tests/aio/test_aio_deadlines.py::test_middleware_answers_504_json_when_the_app_is_too_slow",
+        ),
+    ),
+    "shielded-order-write-to-awaited-in-the-request": Removal(
+        practice=5,
+        path=source("api/users.py"),
+        rewrites=(
+            ("    return await resources.supervisor.run_shielded(\n"
+             "        place_order(resources, user_id, body), "
+             'name=f"place-order:user-{user_id}"\n    )\n',
+             "    return await place_order(resources, user_id, body)\n"),
+        ),
+        proofs=(
+            "tests/test_orders_shielded.py::test_an_order_lands_and_is_notified_after_its_request_timed_out",
+        ),
+    ),
+    "run-shielded-without-shield": Removal(
+        practice=5,
+        path=source("aio/background.py"),
+        rewrites=(("return await asyncio.shield(task)", "return await task"),),
+        proofs=(
+            "tests/aio/test_aio_background.py::test_shielded_work_completes_although_the_caller_is_cancelled",
+        ),
+    ),
+    "tracked-spawn-to-bare-create-task": Removal(
+        practice=6,
+        path=source("aio/background.py"),
+        rewrites=(
+            ("        task, _ = self._start(coro, name)\n        return task\n",
+             "        return asyncio.create_task(coro, name=name)\n"),
+        ),
+        proofs=(
+            "tests/aio/test_aio_background.py::test_a_tracked_task_survives_garbage_collection",
+            "tests/aio/test_aio_background.py::test_a_failure_is_logged_at_once_with_task_name_and_request_id",
+            "tests/test_background_notifications.py::test_a_failed_notification_is_logged_at_once_with_its_request_id",
+            "tests/test_background_notifications.py::test_shutdown_lets_a_pending_notification_finish",
+        ),
+    ),
+    "lifespan-without-drain": Removal(
+        practice=7,
+        path=source("app.py"),
+        rewrites=(
+            ("stack.push_async_callback(_drain_background_work, supervisor, "
+             "settings.shutdown_grace)",
+             "pass"),
+        ),
+        proofs=(
+            "tests/test_orders_shielded.py::test_shutdown_waits_for_a_shielded_write_in_flight",
+            "tests/test_background_notifications.py::test_shutdown_lets_a_pending_notification_finish",
+        ),
+    ),
+    "session-close-to-plain-close": Removal(
+        practice=8,
+        path=source("db/session.py"),
+        rewrites=(
+            ("        await close_despite_cancellation(session)\n",
+             "        await session.close()\n"),
+        ),
+        proofs=(
+            "tests/test_session_dependency.py::test_the_session_closes_before_a_repeatedly_cancelled_task_returns",
+        ),
+    ),
+    "session-dependency-to-default-scope": Removal(
+        practice=8,
+        path=source("api/deps.py"),
+        rewrites=(
+            ('Depends(transactional_session, scope="function")',
+             "Depends(transactional_session)"),
+        ),
+        proofs=("tests/test_session_dependency.py::test_a_failed_commit_is_the_response",),
+    ),
+    "fanout-sources-share-one-session": Removal(
+        practice=8,
+        path=source("api/users.py"),
+        rewrites=(
+            ('        "user": lambda: read_user(resources.sessionmaker, user_id),\n'
+             '        "orders": lambda: read_orders(resources.sessionmaker, user_id),\n',
+             '        "user": lambda: load_user(shared, user_id),\n'
+             '        "orders": lambda: orders_of(shared, user_id),\n'),
+            ("    # Each database source opens its own session: tasks running at once never "
+             "share one.\n",
+             "    shared = resources.sessionmaker()\n"),
+        ),
+        proofs=(
+            "tests/test_sessions_per_task.py::test_concurrent_dashboards_each_source_with_its_own_session",
+            "tests/test_sessions_per_task.py::test_one_dashboard_holds_a_connection_per_database_source",
+        ),
+    ),
+    "blocking-gate-off": Removal(
+        practice=10,
+        path="tests/conftest.py",
+        rewrites=(
+            ('    if request.node.get_closest_marker("allow_blocking"):\n',
+             "    if True:\n"),
+        ),
+        proofs=(
+            "tests/test_blocking.py::test_blockbuster_fails_a_blocking_call_made_on_the_loop",
+        ),
+    ),
+    "gc-freeze-off": Removal(
+        practice=12,
+        path=source("app.py"),
+        rewrites=(("            gc.freeze()\n", "            pass\n"),),
+        proofs=(
+            "tests/test_gc_freeze.py::test_startup_objects_are_frozen_out_of_full_collections",
+        ),
+    ),
+    "lint-gate-without-blind-except-rule": Removal(
+        practice=4,
+        path="pyproject.toml",
+        rewrites=(('    "BLE",', ""),),
+        proofs=("tests/test_lint_gates.py::test_ruff_catches",),
+    ),
+}  # fmt: skip
+
+
+def catalog_section(number: int) -> str:
+    text = CATALOG_SOURCE.read_text()
+    found = re.search(rf"^## {number}\. .*?(?=^## |\Z)", text, re.M | re.S)
+    assert found, f"the catalog has no section {number}"
+    return found.group(0)
+
+
+def proof_paragraph(section: str) -> str:
+    found = re.search(r"\*\*Proofs?\.\*\*(.*?)(?=\*\*Pitfalls?\.\*\*|\Z)", section, re.S)
+    assert found, section.splitlines()[0]
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One default bake per test process, copied for each removal (never run itself)."""
+    return bake_into(tmp_path_factory.mktemp("pristine"))
+
+
+def apply(project: Path, removal: Removal) -> None:
+    (package,) = (project / "src").iterdir()
+    target = project / removal.path.replace("<package>", package.name)
+    text = target.read_text()
+    for practice_code, naive_code in removal.rewrites:
+        assert text.count(practice_code) == 1, (
+            f"{removal.path} no longer holds exactly one {practice_code!r}: update this removal"
+        )
+        text = text.replace(practice_code, naive_code)
+    target.write_text(text)
+
+
+def failed_tests(report: Path) -> set[str]:
+    """``tests/x.py::name`` of every test that failed or errored, parameters stripped."""
+    failed = set()
+    for case in ET.parse(report).iter("testcase"):
+        if case.find("failure") is None and case.find("error") is None:
+            continue
+        module = case.get("classname", "").replace(".", "/") + ".py"
+        failed.add(f"{module}::{case.get('name', '').split('[')[0]}")
+    return failed
+
+
+@pytest.mark.generated_suite
+@pytest.mark.parametrize("name", sorted(REMOVALS))
+def test_removing_the_practice_fails_its_named_proof(
+    name: str, pristine: Path, tmp_path: Path
+) -> None:
+    removal = REMOVALS[name]
+    named = proof_paragraph(catalog_section(removal.practice))
+    assert [proof for proof in removal.proofs if f"`{proof}`" not in named] == []
+
+    project = shutil.copytree(pristine, tmp_path / pristine.name)
+    apply(project, removal)
+    modules = sorted({proof.split("::")[0] for proof in removal.proofs})
+    environment = {key: value for key, value in os.environ.items() if key != "TEST_DATABASE_URL"}
+    report = tmp_path / "report.xml"
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         f"--junitxml={report}", *modules],
+        cwd=project, env=environment, capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+
+    output = finished.stdout[-4000:] + finished.stderr[-2000:]
+    assert finished.returncode == 1, output  # 1: tests ran and some failed
+    not_caught = [proof for proof in removal.proofs if proof not in failed_tests(report)]
+    assert not_caught == [], output
