@@ -228,10 +228,12 @@ async def test_no_new_work_is_accepted_once_draining() -> None:
 
 async def test_shielded_work_completes_although_the_caller_is_cancelled() -> None:
     supervisor = TaskSupervisor()
+    writing, database_answers = asyncio.Event(), asyncio.Event()
     written: list[str] = []
 
     async def write_order() -> int:
-        await asyncio.sleep(0.2)
+        writing.set()
+        await database_answers.wait()  # the insert is on its way to the database
         written.append("order 7")
         return 7
 
@@ -239,12 +241,13 @@ async def test_shielded_work_completes_although_the_caller_is_cancelled() -> Non
         return await supervisor.run_shielded(write_order(), name="write:order-7")
 
     request = asyncio.create_task(handle_request())
-    await asyncio.sleep(0.05)
-    request.cancel()  # deadline, disconnect or shutdown
+    await writing.wait()
+    request.cancel()  # deadline or shutdown
     with pytest.raises(asyncio.CancelledError):
         await request  # the caller learns of its cancellation at once
     assert written == []
     assert supervisor.pending == 1  # while the write goes on, tracked
+    database_answers.set()
     summary = await supervisor.drain(grace=2.0)
     assert written == ["order 7"]
     assert summary.drained == 1
@@ -275,15 +278,19 @@ async def test_a_shielded_failure_after_the_caller_left_is_logged(
 ) -> None:
     supervisor = TaskSupervisor(logging.getLogger(LOGGER_NAME))
 
+    writing, database_answers = asyncio.Event(), asyncio.Event()
+
     async def write() -> None:
-        await asyncio.sleep(0.1)
+        writing.set()
+        await database_answers.wait()
         raise ValueError("constraint violated")
 
     request = asyncio.create_task(supervisor.run_shielded(write(), name="write:order-8"))
-    await asyncio.sleep(0.02)
+    await writing.wait()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
+    database_answers.set()  # the write fails after its caller has left
     with caplog.at_level(logging.ERROR, logger=LOGGER_NAME):
         await supervisor.drain(grace=2.0)
     assert "write:order-8" in caplog.text
@@ -292,28 +299,40 @@ async def test_a_shielded_failure_after_the_caller_left_is_logged(
 
 @pytest.mark.pitfall
 async def test_pitfall_unshielded_work_is_lost_when_the_caller_is_cancelled() -> None:
-    written: list[str] = []
+    # The usual handler: two steps that belong together, awaited in the request itself, with
+    # the request deadline around it. The deadline fires between the steps.
+    stock = {"pens": 10}
+    orders: list[str] = []
+    charged = asyncio.Event()
+    payment_service = asyncio.Event()  # never answers in time
 
-    async def write_order() -> None:
-        await asyncio.sleep(0.1)
-        written.append("order 7")
+    async def place_order() -> None:
+        stock["pens"] -= 1  # step 1 done
+        charged.set()
+        await payment_service.wait()
+        orders.append("3 pens")  # step 2: never reached
 
-    request = asyncio.create_task(write_order())
-    await asyncio.sleep(0.02)
-    request.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await request
-    await asyncio.sleep(0.2)  # well past when the write would have finished
-    assert written == []
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # the request deadline
+            await place_order()
+    payment_service.set()  # the answer arrives, for nobody
+
+    # The request left the world half-changed: the stock went down, the order does not exist,
+    # and nothing will ever finish the work.
+    assert charged.is_set()
+    assert stock == {"pens": 9}
+    assert orders == []
 
 
 def _serve_one_cancelled_request(supervised: bool) -> list[str]:
     """A whole service life in a fresh loop: one request, cancelled mid-write, then shutdown."""
     events: list[str] = []
+    writing = asyncio.Event()
 
     async def write_order() -> None:
+        writing.set()
         try:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the insert's round trip
         except asyncio.CancelledError:
             events.append("write cancelled")
             raise
@@ -329,7 +348,7 @@ def _serve_one_cancelled_request(supervised: bool) -> list[str]:
                 await asyncio.shield(write_order())
 
         request = asyncio.create_task(handle_request())
-        await asyncio.sleep(0.05)
+        await writing.wait()
         request.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await request

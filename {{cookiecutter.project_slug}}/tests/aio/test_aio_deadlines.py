@@ -159,8 +159,10 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _sleeping_app(seconds: float, observed: list[str]) -> Any:
+def _sleeping_app(seconds: float, observed: list[str], started: asyncio.Event | None = None) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if started is not None:
+            started.set()
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
@@ -249,11 +251,12 @@ async def test_middleware_lets_the_apps_own_timeout_error_through() -> None:
 
 async def test_middleware_does_not_swallow_the_servers_cancellation() -> None:
     observed: list[str] = []
-    middleware = RequestDeadlineMiddleware(_sleeping_app(5, observed), timeout=5)
+    started = asyncio.Event()
+    middleware = RequestDeadlineMiddleware(_sleeping_app(5, observed, started), timeout=5)
     exchange = Exchange()
     serving = asyncio.create_task(middleware(_http_scope(), exchange.receive, exchange.send))
-    await asyncio.sleep(0.05)
-    serving.cancel()  # the server shuts down or the client went away
+    await started.wait()
+    serving.cancel()  # the server's shutdown grace ran out
     with pytest.raises(asyncio.CancelledError):
         await serving
     assert serving.cancelled()
@@ -264,7 +267,8 @@ async def test_middleware_does_not_swallow_the_servers_cancellation() -> None:
 
 
 async def test_the_servers_cancellation_propagates_even_when_the_client_is_gone() -> None:
-    middleware = RequestDeadlineMiddleware(_sleeping_app(5, []), timeout=5)
+    started = asyncio.Event()
+    middleware = RequestDeadlineMiddleware(_sleeping_app(5, [], started), timeout=5)
 
     async def receive() -> Message:
         return {"type": "http.disconnect"}
@@ -273,7 +277,7 @@ async def test_the_servers_cancellation_propagates_even_when_the_client_is_gone(
         raise OSError("connection reset by peer")
 
     serving = asyncio.create_task(middleware(_http_scope(), receive, broken_send))
-    await asyncio.sleep(0.05)
+    await started.wait()
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
@@ -282,7 +286,8 @@ async def test_the_servers_cancellation_propagates_even_when_the_client_is_gone(
 @pytest.mark.pitfall
 async def test_pitfall_naive_deadline_middleware_swallows_the_servers_cancellation() -> None:
     observed: list[str] = []
-    app = _sleeping_app(5, observed)
+    started = asyncio.Event()
+    app = _sleeping_app(5, observed, started)
 
     async def naive_middleware(scope: Scope, receive: Receive, send: Send) -> None:
         # The bug: any cancellation, the server's included, is treated as the deadline.
@@ -293,7 +298,7 @@ async def test_pitfall_naive_deadline_middleware_swallows_the_servers_cancellati
 
     exchange = Exchange()
     serving = asyncio.create_task(naive_middleware(_http_scope(), exchange.receive, exchange.send))
-    await asyncio.sleep(0.05)
+    await started.wait()
     serving.cancel()
     await serving  # returns normally: the server's cancellation was eaten
     assert not serving.cancelled()
