@@ -247,6 +247,28 @@ REMOVALS = {
             "tests/test_blocking.py::test_blockbuster_fails_a_blocking_call_made_on_the_loop",
         ),
     ),
+    "httpx2-client-to-httpx": Removal(
+        practice=9,
+        path=source("upstream/client.py"),
+        rewrites=(("import httpx2\n", "import httpx as httpx2\n"),),
+        proofs=(
+            "tests/test_upstream_pool.py::test_cancelled_calls_give_their_pool_slots_back",
+            "tests/test_upstream_pool.py::test_after_many_cancellations_the_whole_pool_is_usable",
+        ),
+    ),
+    "thread-dump-from-a-loop-signal-handler": Removal(
+        practice=11,
+        path=source("aio/debug.py"),
+        rewrites=(
+            ("    faulthandler.register(signal.SIGUSR2, file=file or sys.stderr, "
+             "all_threads=True)\n",
+             "    loop.add_signal_handler(signal.SIGUSR2, lambda: faulthandler.dump_traceback("
+             "file=file or sys.stderr, all_threads=True))\n"),
+        ),
+        proofs=(
+            "tests/aio/test_aio_debug.py::test_sigusr2_dumps_every_thread_while_the_loop_is_blocked",
+        ),
+    ),
     "gc-freeze-off": Removal(
         practice=12,
         path=source("app.py"),

@@ -1,6 +1,6 @@
 """The shared client's connection pool survives calls that are cancelled while they wait for it.
 
-Cancelled calls are routine in this service: a request deadline, a client that disconnects, a
+Cancelled calls are routine in this service: a request deadline, a server shutting down, a
 fan-out whose sibling failed, all cancel the upstream calls in flight. When more calls are in
 flight than the pool has connections, some of them are cancelled while waiting for a slot or
 while their connection is still being opened. httpx 0.28.1 with httpcore 1.0.9 then keeps those

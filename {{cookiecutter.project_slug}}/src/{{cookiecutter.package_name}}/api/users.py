@@ -67,7 +67,7 @@ async def place_order(resources: Resources, user_id: int, body: OrderCreate) -> 
     """Write the order in a session of its own, then notify in the background.
 
     This runs shielded: once started it finishes even if the request that asked for it is
-    cancelled (deadline, disconnect, shutdown), and the notification is still sent.
+    cancelled (its deadline, or the server's shutdown), and the notification is still sent.
     """
     async with transaction(resources.sessionmaker) as session:
         order = OrderOut.model_validate(
