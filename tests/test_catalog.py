@@ -98,3 +98,16 @@ def test_every_pitfall_test_is_in_the_catalog(bake: Baker) -> None:
 
     assert pitfall_modules
     assert [module for module in sorted(pitfall_modules) if module not in catalog] == []
+
+
+def test_every_pitfall_test_carries_the_pitfall_marker(bake: Baker) -> None:
+    """``pytest -m pitfall`` is how a reader runs them all: a missing marker hides one."""
+    project = bake()
+    unmarked = []
+    for path in sorted((project / "tests").rglob("test_*.py")):
+        source = path.read_text()
+        for match in re.finditer(r"^(?:async )?def (test_pitfall_\w+)\(", source, re.M):
+            decorators = source[: match.start()].rsplit("\n\n", 1)[-1]
+            if "@pytest.mark.pitfall" not in decorators:
+                unmarked.append(f"{path.relative_to(project)}::{match.group(1)}")
+    assert unmarked == []

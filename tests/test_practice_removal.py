@@ -190,13 +190,19 @@ REMOVALS = {
         practice=7,
         path=source("app.py"),
         rewrites=(
-            ("stack.push_async_callback(_drain_background_work, supervisor, "
-             "settings.shutdown_grace)",
-             "pass"),
+            ("stack.push_async_callback(_drain_background_work, supervisor, budget)", "pass"),
         ),
         proofs=(
             "tests/test_orders_shielded.py::test_shutdown_waits_for_a_shielded_write_in_flight",
             "tests/test_background_notifications.py::test_shutdown_lets_a_pending_notification_finish",
+        ),
+    ),
+    "drain-with-a-grace-of-its-own": Removal(
+        practice=7,
+        path=source("app.py"),
+        rewrites=(("supervisor.drain(budget.remaining())", "supervisor.drain(budget.seconds)"),),
+        proofs=(
+            "tests/test_signals.py::test_shutdown_fits_in_one_budget_with_requests_and_background_work_in_flight",
         ),
     ),
     "session-close-to-plain-close": Removal(

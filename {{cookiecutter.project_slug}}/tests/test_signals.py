@@ -189,3 +189,46 @@ async def test_pitfall_a_request_longer_than_the_grace_is_cut_at_shutdown(
     )
     # The cut reached the upstream call too: its connection was closed, not left running.
     assert await upstream.wait_abandoned("preferences", 1) == 1
+
+
+async def test_shutdown_fits_in_one_budget_with_requests_and_background_work_in_flight(
+    database_url: str, upstream: ScriptedUpstream
+) -> None:
+    grace = 3.0
+    environment = _environment(
+        database_url,
+        upstream,
+        SHUTDOWN_GRACE=f"{grace:g}",
+        UPSTREAM_TIMEOUT="30",
+        REQUEST_TIMEOUT="60",
+    )
+    upstream.script("notify", "hang")
+    upstream.script("preferences", "hang")
+    async with (
+        running_service(environment) as service,
+        httpx2.AsyncClient(base_url=service.base_url, timeout=60) as client,
+    ):
+        user_id = await _new_user(client)
+        placed = await client.post(f"/users/{user_id}/orders", json={"item": "pen", "quantity": 1})
+        assert placed.status_code == 201
+        # The order's notification is now stuck on the notifier, in the background ...
+        await _eventually(lambda: upstream.arrived("/notifications") > 0)
+        # ... and a request is stuck on the preferences service.
+        request = await _dashboard_in_flight(client, upstream)
+
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        exit_code = await service.wait_for_exit(grace + 15)
+        exited = time.monotonic() - started
+        request.cancel()
+
+    # The request and the drain shared one budget: an orchestrator that kills at the grace
+    # plus a margin finds the process gone. With a grace for each step, it took twice that.
+    assert exit_code == 0
+    assert grace <= exited < grace + 2
+    messages = [str(record["message"]) for record in _json_records(service)]
+    assert "timeout graceful shutdown exceeded" in " ".join(messages)
+    assert any("still running after" in message for message in messages)  # the drain cut it
+    assert "background work drained" in messages
+    # An orderly shutdown, not one ended by the watchdog (which would also exit in time).
+    assert not any("shutdown did not finish" in message for message in messages)

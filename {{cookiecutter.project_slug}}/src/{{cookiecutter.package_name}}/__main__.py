@@ -1,8 +1,10 @@
 """``python -m {{ cookiecutter.package_name }} [serve|migrate|demo-upstream]``.
 
 The process this starts is the server: signals sent to its PID act on the service. SIGTERM
-(and Ctrl-C) stop accepting connections, let in-flight requests finish within
-``SHUTDOWN_GRACE`` seconds, run the lifespan's shutdown, and exit 0.
+(and Ctrl-C) stop accepting connections, let in-flight requests finish, drain background work,
+close the pools and exit 0, all within one budget of ``SHUTDOWN_GRACE`` seconds counted from the
+signal; a watchdog ends the process (still with 0) if anything overruns it by more than
+``EXIT_MARGIN`` seconds.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import math
 import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
+from .aio.shutdown import ExitWatchdog, ShutdownBudget
 from .db.embedded import EmbeddedPostgresMissingError, asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine
 from .db.migrate import upgrade_database
@@ -26,6 +30,9 @@ from .settings import Settings
 
 EXIT_CONFIG_ERROR = 2
 EXIT_STARTUP_FAILED = 3
+# How long past SHUTDOWN_GRACE the watchdog lets the process live; an orchestrator's own grace
+# (compose's stop_grace_period, Kubernetes' terminationGracePeriodSeconds) must be larger.
+EXIT_MARGIN = 1.5
 
 
 def describe_settings_error(error: ValidationError) -> str:
@@ -38,11 +45,29 @@ def describe_settings_error(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+class BudgetedServer(uvicorn.Server):
+    """uvicorn's server, with the first exit signal starting the shutdown budget and the
+    watchdog, so that the drain later gets only what the requests left of it."""
+
+    def __init__(
+        self, config: uvicorn.Config, budget: ShutdownBudget, watchdog: ExitWatchdog
+    ) -> None:
+        super().__init__(config)
+        self.budget = budget
+        self.watchdog = watchdog
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.budget.start()
+        self.watchdog.arm()
+        super().handle_exit(sig, frame)
+
+
 def _serve(settings: Settings) -> int:
     from .app import create_app  # noqa: PLC0415 - keeps `migrate` free of the web stack
 
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # our JSON logging is already configured
@@ -50,7 +75,8 @@ def _serve(settings: Settings) -> int:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    watchdog = ExitWatchdog(settings.shutdown_grace + EXIT_MARGIN)
+    server = BudgetedServer(config, app.state.shutdown_budget, watchdog)
     # uvicorn re-raises the signal that stopped it, once its own handlers are removed; a
     # no-op handler turns that into a normal return, so SIGTERM ends with exit code 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

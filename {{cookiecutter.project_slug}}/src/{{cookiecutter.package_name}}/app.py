@@ -20,6 +20,7 @@ from . import __doc__ as package_doc
 from .aio.background import TaskSupervisor
 from .aio.deadlines import RequestDeadlineMiddleware
 from .aio.debug import LoopLagMonitor, enable_asyncio_debug, install_signal_dumps
+from .aio.shutdown import ShutdownBudget
 from .api import debug, health, users
 from .db.embedded import asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine, create_sessionmaker
@@ -46,8 +47,9 @@ async def _database_url(settings: Settings, stack: AsyncExitStack) -> str:
     return asyncpg_url(server)
 
 
-async def _drain_background_work(supervisor: TaskSupervisor, grace: float) -> None:
-    summary = await supervisor.drain(grace)
+async def _drain_background_work(supervisor: TaskSupervisor, budget: ShutdownBudget) -> None:
+    # Whatever the server left of the shutdown budget: requests and background work share it.
+    summary = await supervisor.drain(budget.remaining())
     logger.info(
         "background work drained",
         extra={"drained": summary.drained, "cancelled": list(summary.cancelled_names)},
@@ -83,7 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         stack.push_async_callback(loop_lag.stop)
         _install_debug_hooks(settings, stack)
         supervisor = TaskSupervisor(logging.getLogger(f"{__package__}.background"))
-        stack.push_async_callback(_drain_background_work, supervisor, settings.shutdown_grace)
+        budget: ShutdownBudget = app.state.shutdown_budget
+        stack.push_async_callback(_drain_background_work, supervisor, budget)
 
         resources = Resources(
             settings=settings,
@@ -126,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # One budget for the whole shutdown; the server (see __main__.py) starts it at SIGTERM.
+    app.state.shutdown_budget = ShutdownBudget(settings.shutdown_grace)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(users.router)
