@@ -1,10 +1,11 @@
 """Remove the files of the options that were turned off.
 
 Cookiecutter renders every file of the template; this hook then deletes what the answers
-did not ask for (the Docker files, the CI of the providers not chosen, the LICENSE of a
-proprietary project). It runs with the generated project as its working directory, needs
-no network, prints nothing when it succeeds, and can run again on the same folder (cruft
-does that on update): a path that is already gone is simply skipped.
+did not ask for (the Docker files, the CI of the providers not chosen, the Kubernetes
+manifests, the LICENSE of a proprietary project) and the folders this leaves empty. It runs
+with the generated project as its working directory, needs no network, prints nothing when it
+succeeds, and can run again on the same folder (cruft does that on update): a path that is
+already gone is simply skipped.
 
 The functions are plain and typed so that the template's tests can import this file
 unrendered and call them on a folder of their own.
@@ -24,11 +25,13 @@ CI_PATHS = {
     "gitlab": (".gitlab-ci.yml",),
     "none": (),
 }
+KUBERNETES_PATHS = ("deploy/kubernetes",)
 LICENSE_PATHS = ("LICENSE",)
 
 CHOICES = {
     "use_docker": ("yes", "no"),
     "ci_provider": tuple(CI_PATHS),
+    "kubernetes": ("no", "yes"),
     "license": ("MIT", "BSD-3-Clause", "Proprietary"),
 }
 
@@ -53,6 +56,8 @@ def paths_to_prune(answers: Mapping[str, str]) -> list[str]:
     for provider, provider_paths in CI_PATHS.items():
         if provider != chosen_ci:
             paths.update(provider_paths)
+    if _choice(answers, "kubernetes") == "no":
+        paths.update(KUBERNETES_PATHS)
     if _choice(answers, "license") == "Proprietary":
         paths.update(LICENSE_PATHS)
     return sorted(paths)
@@ -69,13 +74,26 @@ def remove_path(path: Path) -> bool:
     return False
 
 
+def remove_empty_parents(path: Path, root: Path) -> None:
+    """Remove the folders above ``path``, up to but not including ``root``, while they are empty
+    (``deploy/`` once ``deploy/kubernetes`` is gone and nothing else lives there)."""
+    for parent in path.parents:
+        if parent == root or root not in parent.parents:
+            return
+        if not parent.is_dir() or parent.is_symlink() or any(parent.iterdir()):
+            return
+        parent.rmdir()
+
+
 def prune(project_dir: Path, answers: Mapping[str, str]) -> list[str]:
-    """Remove the turned-off paths under ``project_dir``; return those that were removed."""
+    """Remove the turned-off paths under ``project_dir``, and the folders left empty by it;
+    return the turned-off paths that were there."""
     root = project_dir.resolve()
     removed: list[str] = []
     for relative in paths_to_prune(answers):
         if remove_path(root / relative):
             removed.append(relative)
+        remove_empty_parents(root / relative, root)
     return removed
 
 
@@ -86,6 +104,7 @@ def rendered_answers() -> dict[str, str]:
     return {
         "use_docker": {{ cookiecutter.use_docker | tojson }},
         "ci_provider": {{ cookiecutter.ci_provider | tojson }},
+        "kubernetes": {{ cookiecutter.kubernetes | tojson }},
         "license": {{ cookiecutter.license | tojson }},
     }  # fmt: skip
 

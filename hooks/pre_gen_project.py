@@ -38,8 +38,14 @@ CHOICES = {
     "python_version": ("3.11", "3.12", "3.13", "3.14"),
     "ci_provider": ("github", "gitlab", "none"),
     "use_docker": ("yes", "no"),
+    "kubernetes": ("no", "yes"),
     "license": ("MIT", "BSD-3-Clause", "Proprietary"),
 }
+# With kubernetes=yes the slug names the Kubernetes objects: the Service (an RFC 1035 label, so
+# it starts with a letter) and the migration Job, `<slug>-migrate`, whose name is also a label
+# value on its pods (at most 63 characters).
+KUBERNETES_JOB_SUFFIX = "-migrate"
+MAX_KUBERNETES_SLUG_LENGTH = 63 - len(KUBERNETES_JOB_SUFFIX)
 
 
 class AnswerError(ValueError):
@@ -137,6 +143,24 @@ def check_choice(field: str, value: str) -> None:
         raise AnswerError(field, f"{value!r} is not one of {', '.join(valid)}")
 
 
+def check_kubernetes_names(slug: str, kubernetes: str) -> None:
+    if kubernetes != "yes":
+        return
+    if not slug[:1].isalpha():
+        raise AnswerError(
+            "project_slug",
+            f"{slug!r} starts with a digit, which a Kubernetes Service name cannot; with "
+            f"kubernetes=yes start it with a letter, e.g. 'svc-{slug}'",
+        )
+    if len(slug) > MAX_KUBERNETES_SLUG_LENGTH:
+        raise AnswerError(
+            "project_slug",
+            f"is {len(slug)} characters long; with kubernetes=yes at most "
+            f"{MAX_KUBERNETES_SLUG_LENGTH} (the migration Job is '<slug>{KUBERNETES_JOB_SUFFIX}', "
+            "63 at most), e.g. 'orders-service'",
+        )
+
+
 def check_cookiecutter_version(version: str) -> None:
     parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
     if parts < MIN_COOKIECUTTER:
@@ -163,6 +187,7 @@ def validate(answers: Mapping[str, str]) -> None:
         check(answers[field])
     for field in CHOICES:
         check_choice(field, answers[field])
+    check_kubernetes_names(answers["project_slug"], answers["kubernetes"])
 
 
 def rendered_answers() -> dict[str, str]:
@@ -179,6 +204,7 @@ def rendered_answers() -> dict[str, str]:
         "python_version": {{ cookiecutter.python_version | tojson }},
         "ci_provider": {{ cookiecutter.ci_provider | tojson }},
         "use_docker": {{ cookiecutter.use_docker | tojson }},
+        "kubernetes": {{ cookiecutter.kubernetes | tojson }},
         "license": {{ cookiecutter.license | tojson }},
     }  # fmt: skip
 

@@ -1,7 +1,8 @@
 """Bake every supported combination of options and check each result like CI would.
 
 Each combination has a readable id. Together they cover every value of every option, every
-pair of the options that interact (CI provider x Docker: the CI builds the image), and the
+pair of the options that interact (CI provider x Docker: the CI builds the image; Kubernetes x
+Docker: the manifests run the image and the README explains where it comes from), and the
 unusual project names the derivation must turn into valid names.
 """
 
@@ -40,7 +41,17 @@ COMBINATIONS = [
         {"python_version": "3.11", "ci_provider": "none", "use_docker": "no"},
         id="py311-noci-nodocker-mit",
     ),
-    pytest.param({"project_name": "Ñandú Café Órdenes"}, id="name-with-accents"),
+    pytest.param(
+        {"ci_provider": "github", "use_docker": "yes", "kubernetes": "yes"},
+        id="py312-github-docker-k8s",
+    ),
+    pytest.param(
+        {"python_version": "3.13", "ci_provider": "gitlab", "use_docker": "no",
+         "kubernetes": "yes", "license": "Proprietary"},
+        id="py313-gitlab-nodocker-k8s-proprietary",
+    ),
+    pytest.param({"project_name": "Ñandú Café Órdenes", "kubernetes": "yes"},
+                 id="name-with-accents-k8s"),
     pytest.param({"project_name": "X"}, id="name-single-letter"),
     pytest.param({"project_name": "2048 Orders"}, id="name-starting-with-digits"),
     pytest.param({"project_name": "Class"}, id="name-is-a-keyword"),

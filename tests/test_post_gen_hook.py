@@ -38,6 +38,7 @@ DOCKER_FILES = {"Dockerfile", ".dockerignore", "compose.yaml"}
 GITHUB_FILES = {".github/workflows/ci.yml"}
 GITLAB_FILES = {".gitlab-ci.yml"}
 LICENSE_FILES = {"LICENSE"}
+KUBERNETES_FILES = {"deploy/kubernetes/kustomization.yaml", "deploy/kubernetes/deployment.yaml"}
 # Files that no answer removes.
 KEPT_FILES = {
     "pyproject.toml",
@@ -46,10 +47,14 @@ KEPT_FILES = {
     "src/pkg/__init__.py",
     "tests/test_x.py",
 }
-ALL_FILES = DOCKER_FILES | GITHUB_FILES | GITLAB_FILES | LICENSE_FILES | KEPT_FILES
+ALL_FILES = (
+    DOCKER_FILES | GITHUB_FILES | GITLAB_FILES | LICENSE_FILES | KUBERNETES_FILES | KEPT_FILES
+)
 
 
-def expected_pruned(use_docker: str, ci_provider: str, license: str) -> set[str]:
+def expected_pruned(
+    use_docker: str, ci_provider: str, license: str, kubernetes: str = "yes"
+) -> set[str]:
     """What each answer turns off, written out independently of the hook."""
     pruned: set[str] = set()
     if use_docker == "no":
@@ -61,18 +66,29 @@ def expected_pruned(use_docker: str, ci_provider: str, license: str) -> set[str]
     }[ci_provider]
     if license == "Proprietary":
         pruned.add("LICENSE")
+    if kubernetes == "no":
+        pruned.add("deploy/kubernetes")
     return pruned
 
 
-def expected_remaining(use_docker: str, ci_provider: str, license: str) -> set[str]:
-    pruned = expected_pruned(use_docker, ci_provider, license)
+def expected_remaining(
+    use_docker: str, ci_provider: str, license: str, kubernetes: str = "yes"
+) -> set[str]:
+    pruned = expected_pruned(use_docker, ci_provider, license, kubernetes)
     return {
         file for file in ALL_FILES if not any(file == p or file.startswith(f"{p}/") for p in pruned)
     }
 
 
-def answers_of(use_docker: str, ci_provider: str, license: str) -> dict[str, str]:
-    return {"use_docker": use_docker, "ci_provider": ci_provider, "license": license}
+def answers_of(
+    use_docker: str, ci_provider: str, license: str, kubernetes: str = "yes"
+) -> dict[str, str]:
+    return {
+        "use_docker": use_docker,
+        "ci_provider": ci_provider,
+        "license": license,
+        "kubernetes": kubernetes,
+    }
 
 
 def make_project(root: Path) -> Path:
@@ -89,41 +105,46 @@ def files_under(root: Path) -> set[str]:
 
 
 COMBINATIONS = [
-    pytest.param(docker, ci, lic, id=f"docker-{docker}-ci-{ci}-{lic}")
-    for docker, ci, lic in itertools.product(
-        OPTIONS["use_docker"], OPTIONS["ci_provider"], OPTIONS["license"]
+    pytest.param(docker, ci, lic, k8s, id=f"docker-{docker}-ci-{ci}-{lic}-k8s-{k8s}")
+    for docker, ci, lic, k8s in itertools.product(
+        OPTIONS["use_docker"], OPTIONS["ci_provider"], OPTIONS["license"], OPTIONS["kubernetes"]
     )
 ]
+ANSWERS = ("use_docker", "ci_provider", "license", "kubernetes")
 
 
-@pytest.mark.parametrize(("use_docker", "ci_provider", "license"), COMBINATIONS)
-def test_paths_to_prune_per_answer(use_docker: str, ci_provider: str, license: str) -> None:
-    paths = hook.paths_to_prune(answers_of(use_docker, ci_provider, license))
-    assert paths == sorted(expected_pruned(use_docker, ci_provider, license))
+@pytest.mark.parametrize(ANSWERS, COMBINATIONS)
+def test_paths_to_prune_per_answer(
+    use_docker: str, ci_provider: str, license: str, kubernetes: str
+) -> None:
+    paths = hook.paths_to_prune(answers_of(use_docker, ci_provider, license, kubernetes))
+    assert paths == sorted(expected_pruned(use_docker, ci_provider, license, kubernetes))
 
 
-@pytest.mark.parametrize(("use_docker", "ci_provider", "license"), COMBINATIONS)
+@pytest.mark.parametrize(ANSWERS, COMBINATIONS)
 def test_prune_removes_exactly_what_is_turned_off(
-    tmp_path: Path, use_docker: str, ci_provider: str, license: str
+    tmp_path: Path, use_docker: str, ci_provider: str, license: str, kubernetes: str
 ) -> None:
     project = make_project(tmp_path / "project")
-    answers = answers_of(use_docker, ci_provider, license)
+    answers = answers_of(use_docker, ci_provider, license, kubernetes)
 
     removed = hook.prune(project, answers)
 
-    assert set(removed) == expected_pruned(use_docker, ci_provider, license)
-    assert files_under(project) == expected_remaining(use_docker, ci_provider, license)
-    # A pruned folder goes as a whole, not just its files.
+    assert set(removed) == expected_pruned(use_docker, ci_provider, license, kubernetes)
+    assert files_under(project) == expected_remaining(use_docker, ci_provider, license, kubernetes)
+    # A pruned folder goes as a whole, not just its files, and so does a folder it leaves
+    # empty (deploy/ once deploy/kubernetes is gone).
     if ".github" in removed:
         assert not (project / ".github").exists()
+    assert (project / "deploy").exists() == (kubernetes == "yes")
 
 
-@pytest.mark.parametrize(("use_docker", "ci_provider", "license"), COMBINATIONS)
+@pytest.mark.parametrize(ANSWERS, COMBINATIONS)
 def test_pruning_twice_is_safe(
-    tmp_path: Path, use_docker: str, ci_provider: str, license: str
+    tmp_path: Path, use_docker: str, ci_provider: str, license: str, kubernetes: str
 ) -> None:
     project = make_project(tmp_path / "project")
-    answers = answers_of(use_docker, ci_provider, license)
+    answers = answers_of(use_docker, ci_provider, license, kubernetes)
 
     hook.prune(project, answers)
     after_first = files_under(project)
@@ -134,8 +155,28 @@ def test_pruning_twice_is_safe(
 
 
 def test_prune_of_an_empty_folder_removes_nothing(tmp_path: Path) -> None:
-    assert hook.prune(tmp_path, answers_of("no", "none", "Proprietary")) == []
+    assert hook.prune(tmp_path, answers_of("no", "none", "Proprietary", "no")) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_still_holds_something_is_kept(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    (project / "deploy" / "pgbouncer.ini").write_text("[pgbouncer]\n")
+
+    assert "deploy/kubernetes" in hook.prune(project, answers_of("yes", "github", "MIT", "no"))
+
+    assert not (project / "deploy" / "kubernetes").exists()
+    assert (project / "deploy" / "pgbouncer.ini").is_file()
+
+
+def test_empty_parents_stop_at_the_project(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "deploy" / "kubernetes").mkdir(parents=True)
+
+    assert hook.prune(project, answers_of("yes", "github", "MIT", "no")) == ["deploy/kubernetes"]
+
+    assert project.is_dir()
+    assert list(project.iterdir()) == []
 
 
 def test_prune_removes_a_symlink_not_its_target(tmp_path: Path) -> None:
@@ -157,7 +198,15 @@ def test_prune_removes_a_symlink_not_its_target(tmp_path: Path) -> None:
         pytest.param(answers_of("maybe", "github", "MIT"), id="bad-use_docker"),
         pytest.param(answers_of("yes", "bitbucket", "MIT"), id="bad-ci_provider"),
         pytest.param(answers_of("yes", "github", "GPL"), id="bad-license"),
-        pytest.param({"use_docker": "yes", "ci_provider": "github"}, id="missing-license"),
+        pytest.param(answers_of("yes", "github", "MIT", "maybe"), id="bad-kubernetes"),
+        pytest.param(
+            {"use_docker": "yes", "ci_provider": "github", "kubernetes": "no"},
+            id="missing-license",
+        ),
+        pytest.param(
+            {"use_docker": "yes", "ci_provider": "github", "license": "MIT"},
+            id="missing-kubernetes",
+        ),
     ],
 )
 def test_unknown_answers_are_refused(tmp_path: Path, answers: dict[str, str]) -> None:
@@ -167,13 +216,13 @@ def test_unknown_answers_are_refused(tmp_path: Path, answers: dict[str, str]) ->
     assert files_under(project) == ALL_FILES
 
 
-@pytest.mark.parametrize("field", ["use_docker", "ci_provider", "license"])
+@pytest.mark.parametrize("field", ["use_docker", "ci_provider", "license", "kubernetes"])
 def test_hook_knows_every_choice_of_cookiecutter_json(field: str) -> None:
     assert set(hook.CHOICES[field]) == set(OPTIONS[field])
 
 
 def test_every_prunable_path_exists_in_the_template() -> None:
-    known = [*hook.DOCKER_PATHS, *hook.LICENSE_PATHS]
+    known = [*hook.DOCKER_PATHS, *hook.LICENSE_PATHS, *hook.KUBERNETES_PATHS]
     known += [path for paths in hook.CI_PATHS.values() for path in paths]
     missing = [path for path in known if not (PROJECT_TEMPLATE / path).exists()]
     assert missing == []
@@ -184,13 +233,13 @@ def test_main_is_quiet_and_idempotent(
 ) -> None:
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
-    monkeypatch.setattr(hook, "rendered_answers", lambda: answers_of("no", "gitlab", "MIT"))
+    monkeypatch.setattr(hook, "rendered_answers", lambda: answers_of("no", "gitlab", "MIT", "no"))
 
     assert hook.main() == 0
     assert hook.main() == 0
 
     assert capsys.readouterr() == ("", "")
-    assert files_under(project) == expected_remaining("no", "gitlab", "MIT")
+    assert files_under(project) == expected_remaining("no", "gitlab", "MIT", "no")
 
 
 def test_main_reports_a_bad_answer_on_stderr(
@@ -214,6 +263,7 @@ def test_rendered_hook_returns_the_answers(tmp_path: Path) -> None:
             "use_docker": "no",
             "ci_provider": "gitlab",
             "license": "BSD-3-Clause",
+            "kubernetes": "no",
         }
     }
     env = StrictEnvironment(context=context, keep_trailing_newline=True)
@@ -233,7 +283,8 @@ def test_baking_runs_the_hook_silently(bake: Baker, capfd: pytest.CaptureFixture
     out, err = capfd.readouterr()
     assert "ERROR" not in out + err
     assert out.strip() == ""
-    for name in (*DOCKER_FILES, ".github", ".gitlab-ci.yml", "LICENSE"):
+    # kubernetes is "no" by default: deploy/ goes as well.
+    for name in (*DOCKER_FILES, ".github", ".gitlab-ci.yml", "LICENSE", "deploy"):
         assert not (project / name).exists(), name
     assert (project / "pyproject.toml").is_file()
 

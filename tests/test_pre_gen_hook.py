@@ -68,6 +68,18 @@ BAD_ANSWERS = [
         id="derived-package-too-long",
     ),
     pytest.param({"project_slug": "s" * 65}, "project_slug", id="slug-too-long"),
+    # Kubernetes names the Service after the slug (it must start with a letter) and the
+    # migration Job '<slug>-migrate' (at most 63 characters).
+    pytest.param(
+        {"project_name": "2048 Orders", "kubernetes": "yes"},
+        "project_slug",
+        id="k8s-slug-starting-with-a-digit",
+    ),
+    pytest.param(
+        {"project_slug": "s" * 56, "package_name": "svc", "kubernetes": "yes"},
+        "project_slug",
+        id="k8s-slug-too-long-for-the-job-name",
+    ),
     pytest.param({"author_email": "not-an-email"}, "author_email", id="email-no-at"),
     pytest.param({"author_email": "a@b"}, "author_email", id="email-no-domain-dot"),
     pytest.param({"author_email": "a b@example.com"}, "author_email", id="email-space"),
@@ -103,6 +115,11 @@ def test_bad_answer_stops_with_one_line_and_leaves_nothing(
         pytest.param({"author_email": "ops+svc@sub.example.co.uk"}, id="plus-email"),
         pytest.param({"author_name": "Zoë O'Brien"}, id="apostrophe-author"),
         pytest.param({"project_slug": "svc", "package_name": "svc_core"}, id="explicit-names"),
+        pytest.param({"project_name": "2048 Orders", "kubernetes": "no"}, id="digit-slug-no-k8s"),
+        pytest.param(
+            {"project_slug": "s" * 55, "package_name": "svc", "kubernetes": "yes"},
+            id="k8s-longest-slug",
+        ),
     ],
 )
 def test_unusual_but_valid_answers_generate(tmp_path: Path, answers: dict[str, str]) -> None:
@@ -124,6 +141,7 @@ def test_every_check_passes_the_defaults() -> None:
             "python_version": "3.12",
             "ci_provider": "github",
             "use_docker": "yes",
+            "kubernetes": "no",
             "license": "MIT",
         }
     )
@@ -135,6 +153,7 @@ def test_every_check_passes_the_defaults() -> None:
         ("python_version", "3.10"),
         ("ci_provider", "jenkins"),
         ("use_docker", "maybe"),
+        ("kubernetes", "true"),
         ("license", "GPL"),
     ],
 )
@@ -152,6 +171,28 @@ def test_cookiecutter_version_gate(version: str, ok: bool) -> None:
     else:
         with pytest.raises(hook.AnswerError, match=r"cookiecutter>=2\.7"):
             hook.check_cookiecutter_version(version)
+
+
+@pytest.mark.parametrize(
+    ("slug", "kubernetes", "problem"),
+    [
+        pytest.param("orders-service", "yes", None, id="usual"),
+        pytest.param("a", "yes", None, id="one-letter"),
+        pytest.param("s" * 55, "yes", None, id="longest"),
+        pytest.param("s" * 56, "yes", "at most 55", id="one-too-long"),
+        pytest.param("2048-orders", "yes", "'svc-2048-orders'", id="leading-digit"),
+        pytest.param("2048-orders", "no", None, id="leading-digit-without-k8s"),
+        pytest.param("s" * 64, "no", None, id="long-without-k8s"),
+    ],
+)
+def test_kubernetes_names(slug: str, kubernetes: str, problem: str | None) -> None:
+    if problem is None:
+        hook.check_kubernetes_names(slug, kubernetes)
+    else:
+        with pytest.raises(hook.AnswerError, match=r"^project_slug: ") as raised:
+            hook.check_kubernetes_names(slug, kubernetes)
+        assert problem in str(raised.value)
+        assert "kubernetes=yes" in str(raised.value)
 
 
 def test_error_message_names_the_field_and_a_valid_example() -> None:
