@@ -1,9 +1,14 @@
-"""Partial fan-out: every section's value or error, and what ``gather`` throws away."""
+"""Partial fan-out: every section's value or error, and what ``gather`` throws away.
+
+Sources that must be running set an event, sources that must be cancelled wait for an event
+nobody sets: nothing here waits a fixed time for something else to happen.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import pytest
 
@@ -13,6 +18,8 @@ from {{ cookiecutter.package_name }}.aio.settled import (
     SourceCancelledError,
     run_settled,
 )
+
+BOUND = 2.0  # far more than anything here needs: a broken version fails instead of hanging
 
 
 async def _after(seconds: float, value: str) -> str:
@@ -25,17 +32,73 @@ async def _fail_after(seconds: float, error: Exception) -> str:
     raise error
 
 
+class Hung:
+    """Sources that run until they are cancelled, and what happened to them."""
+
+    def __init__(self, *names: str) -> None:
+        self.started = {name: asyncio.Event() for name in names}
+        self.cancelled: list[str] = []
+
+    async def source(self, name: str) -> str:
+        self.started[name].set()
+        try:
+            await asyncio.Event().wait()  # nothing sets it: only a cancellation ends this
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        return name
+
+    def __getitem__(self, name: str) -> Callable[[], Awaitable[str]]:
+        return partial(self.source, name)
+
+    async def all_started(self) -> None:
+        async with asyncio.timeout(BOUND):
+            for event in self.started.values():
+                await event.wait()
+
+
+def close_connection() -> None:
+    raise RuntimeError("cleanup failed")
+
+
+class FailsWhenCancelled:
+    """A source whose cleanup raises when it is cancelled, like a close that hits a dead socket."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cleaned_up = False
+
+    async def source(self) -> str:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cleaned_up = True
+            close_connection()  # raises, so this error replaces the cancellation
+            raise
+        return "never"
+
+
 async def test_every_section_is_reported_by_name() -> None:
-    started = time.monotonic()
+    # Each section first waits until all four have started. Run one after another, the first
+    # would wait there alone until BOUND and fail: this passes only if they run at once.
+    everyone = asyncio.Barrier(4)
+
+    async def section(result: str | Exception) -> str:
+        async with asyncio.timeout(BOUND):
+            await everyone.wait()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
     outcomes = await run_settled(
         {
-            "user": lambda: _after(0.1, "alice"),
-            "preferences": lambda: _fail_after(0.02, ValueError("bad json")),
-            "notifications": lambda: _fail_after(0.05, ConnectionError("reset")),
-            "orders": lambda: _after(0.15, "3 orders"),
+            "user": partial(section, "alice"),
+            "preferences": partial(section, ValueError("bad json")),
+            "notifications": partial(section, ConnectionError("reset")),
+            "orders": partial(section, "3 orders"),
         }
     )
-    assert time.monotonic() - started < 0.6  # concurrent, not one after another
     assert outcomes["user"] == Ok("alice")
     assert outcomes["orders"] == Ok("3 orders")
     # Both errors are kept, each under its section's name, as the exceptions themselves.
@@ -71,24 +134,49 @@ async def test_sources_run_in_named_tasks() -> None:
 
 
 async def test_cancelling_the_caller_cancels_the_sources_and_is_never_a_result() -> None:
-    cancelled: list[str] = []
-
-    async def slow(name: str) -> str:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            cancelled.append(name)
-            raise
-        return name
-
+    hung = Hung("a", "b")
     caller = asyncio.create_task(
-        run_settled({"a": lambda: slow("a"), "b": lambda: slow("b"), "c": lambda: _after(0, "c")})
+        run_settled({"a": hung["a"], "b": hung["b"], "c": lambda: _after(0, "c")})
     )
-    await asyncio.sleep(0.05)
+    await hung.all_started()
+
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert sorted(cancelled) == ["a", "b"]
+    assert sorted(hung.cancelled) == ["a", "b"]
+
+
+async def test_the_callers_deadline_wins_over_a_source_failing_in_its_cleanup() -> None:
+    # The source's error becomes its Failed inside its own task, so the caller's deadline is
+    # still a TimeoutError and not that error (a 502 or 500 for a request that was only slow).
+    flaky = FailsWhenCancelled()
+    hung = Hung("user")
+    guard = asyncio.timeout(BOUND)  # in case the deadline is swallowed and the call carries on
+
+    with pytest.raises(TimeoutError) as caught:
+        async with guard, asyncio.timeout(0.1):
+            await run_settled({"orders": flaky.source, "user": hung["user"]})
+    assert not guard.expired()  # the caller's own deadline ended the call
+    assert flaky.cleaned_up  # the cleanup really ran, and raised, during the cancellation
+    assert hung.cancelled == ["user"]
+    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+
+
+async def test_cancelling_the_caller_wins_over_a_source_failing_in_its_cleanup() -> None:
+    # A server shutdown cancels the request's task: it must end cancelled.
+    flaky = FailsWhenCancelled()
+    hung = Hung("user")
+    caller = asyncio.create_task(run_settled({"orders": flaky.source, "user": hung["user"]}))
+    await flaky.started.wait()
+
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        # Bounded: a version that swallows the cancellation would carry on with its sources.
+        async with asyncio.timeout(BOUND):
+            await caller
+    assert caller.cancelled()
+    assert flaky.cleaned_up
+    assert hung.cancelled == ["user"]
 
 
 async def test_a_source_cancelled_from_elsewhere_is_a_failure_not_a_cancellation() -> None:
@@ -108,18 +196,30 @@ async def test_a_source_cancelled_from_elsewhere_is_a_failure_not_a_cancellation
 
 @pytest.mark.pitfall
 async def test_pitfall_gather_without_return_exceptions_throws_the_results_away() -> None:
-    slow_section = asyncio.create_task(_after(0.2, "orders"))
+    user_answered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def user() -> str:
+        user_answered.set()
+        return "alice"
+
+    async def preferences() -> str:
+        await user_answered.wait()
+        raise ValueError("bad json")
+
+    async def orders() -> str:
+        await release.wait()
+        return "orders"
+
+    slow_section = asyncio.create_task(orders())
     outcome: tuple[str, str, str] | None = None
     with pytest.raises(ValueError, match="bad json"):
-        outcome = await asyncio.gather(
-            _after(0.01, "alice"),
-            _fail_after(0.05, ValueError("bad json")),
-            slow_section,
-        )
+        outcome = await asyncio.gather(user(), preferences(), slow_section)
     # "alice" arrived before the error, but the caller has no list to find it in.
     assert outcome is None
     # And the section that was still running was left running, owned by nobody.
     assert not slow_section.done()
+    release.set()
     assert await slow_section == "orders"
 
 

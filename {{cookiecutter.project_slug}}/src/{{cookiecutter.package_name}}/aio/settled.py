@@ -9,6 +9,9 @@ position and type, and a child's ``CancelledError`` turns up as a list item like
 ``run_settled`` returns ``{name: Ok(value) | Failed(error)}``. It catches ``Exception`` only, so a
 cancellation is never turned into a result: cancelling the caller cancels every source, waits for
 them, and re-raises ``CancelledError``. ``KeyboardInterrupt`` and ``SystemExit`` also propagate.
+That holds when a source raises while it is being cancelled, too: the error becomes a ``Failed``
+inside the source's own task, so the task group never holds an error, which it would rank above
+the caller's cancellation (the trap ``run_all`` in ``fanout.py`` has to step around).
 
 Match on the result: ``match outcome: case Ok(value): ... case Failed(error): ...``.
 """
