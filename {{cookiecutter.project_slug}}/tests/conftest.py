@@ -102,6 +102,13 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "preferences_url": None,
         "notifier_url": None,
         "debug_token": None,
+        # The outbox's poller looks once, at startup, unless a test asks for more: its rounds
+        # (and its retries of notifications nobody listens to) would otherwise show up in
+        # tests that count the pool's connections. The outbox's own tests set an interval.
+        "outbox_poll_interval": 3600.0,
+        # A burst of concurrent requests waits its turn at the admission gate instead of being
+        # refused when a busy machine is slow: only the overload tests set a short wait.
+        "admission_timeout": 30.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -123,7 +130,9 @@ async def db_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def empty_tables(db_engine: AsyncEngine) -> None:
     async with db_engine.begin() as connection:
-        await connection.execute(text("TRUNCATE users, orders RESTART IDENTITY CASCADE"))
+        await connection.execute(
+            text("TRUNCATE users, orders, idempotency_keys, outbox RESTART IDENTITY CASCADE")
+        )
 
 
 @pytest.fixture

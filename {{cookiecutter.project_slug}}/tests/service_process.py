@@ -51,17 +51,27 @@ async def _collect(stream: asyncio.StreamReader, lines: list[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    environment: Mapping[str, str], *, ready_path: str = "/health/live", startup_timeout: float = 60
+    environment: Mapping[str, str],
+    *,
+    ready_path: str = "/health/live",
+    startup_timeout: float = 60,
+    app_factory: str | None = None,
 ) -> AsyncIterator[ServiceProcess]:
+    """The service as a process of its own; with ``app_factory`` (``tests.module:function``),
+    uvicorn serving that app instead, for tests that need test-only routes in a real process."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
     env.update({"HOST": "127.0.0.1", "PORT": str(port), "GC_FREEZE": "false"})
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")])
-    )
+    paths = [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")]
+    command = ["-m", "{{ cookiecutter.package_name }}"]
+    if app_factory is not None:
+        paths.insert(1, str(PROJECT_ROOT))  # where `tests.<module>` is found
+        command = ["-m", "uvicorn", "--factory", app_factory, "--host", "127.0.0.1",
+                   "--port", str(port), "--no-access-log"]  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.update(environment)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "{{ cookiecutter.package_name }}",
+        sys.executable, *command,
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None

@@ -27,6 +27,7 @@ from asgi_lifespan import LifespanManager
 from blockbuster import BlockingError
 from fastapi import FastAPI
 
+from {{ cookiecutter.package_name }} import errors
 from {{ cookiecutter.package_name }}.aio import debug
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.resources import Resources
@@ -70,8 +71,8 @@ async def routed(settings: Settings, timeline: Timeline) -> AsyncIterator[Servic
     app = create_app(settings)
     add_test_routes(app, timeline)
     async with LifespanManager(app) as manager:
-        # raise_app_exceptions: an exception that escapes the app reaches the test as itself,
-        # after the app's error handler has answered 500.
+        # raise_app_exceptions: an exception that got past the app's error path would reach the
+        # test as itself (none does: see errors.py).
         transport = httpx2.ASGITransport(app=manager.app, raise_app_exceptions=True)
         async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
             yield http, resources_of(manager)
@@ -87,11 +88,23 @@ async def _eventually(condition: Callable[[], bool], within: float = 2.0) -> Non
 # --- the test gate -----------------------------------------------------------------------------
 
 
-async def test_blockbuster_fails_a_blocking_call_made_on_the_loop(routed: Service) -> None:
+async def test_blockbuster_fails_a_blocking_call_made_on_the_loop(
+    routed: Service, caplog: pytest.LogCaptureFixture
+) -> None:
     client, _ = routed
     # Even a 10 ms sleep is caught: the gate looks at what is called, not at how long it takes.
-    with pytest.raises(BlockingError, match="sleep"):
-        await client.get("/t/blocking-sleep", params={"seconds": 0.01})
+    with caplog.at_level(logging.ERROR, logger=errors.__name__):
+        response = await client.get("/t/blocking-sleep", params={"seconds": 0.01})
+
+    # The service's error path treats it as the bug it is: a 500, logged with its traceback.
+    assert response.status_code == 500
+    caught = [
+        record.exc_info[1]
+        for record in caplog.records
+        if record.exc_info and isinstance(record.exc_info[1], BlockingError)
+    ]
+    assert len(caught) == 1
+    assert "sleep" in str(caught[0])
 
 
 @pytest.mark.pitfall

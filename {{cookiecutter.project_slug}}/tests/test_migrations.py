@@ -16,14 +16,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from {{ cookiecutter.package_name }}.db.migrate import downgrade_database, upgrade_database
-from {{ cookiecutter.package_name }}.db.models import Base
+from {{ cookiecutter.package_name }}.schema import metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _differences(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection)
-    return list(compare_metadata(context, Base.metadata))
+    return list(compare_metadata(context, metadata))
 
 
 async def table_names(engine: AsyncEngine) -> set[str]:
@@ -92,6 +92,7 @@ async def test_downgrade_to_base_and_upgrade_again(server_url: str, db_engine: A
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
 
-    assert {"users", "orders"} <= after_upgrade
-    assert not {"users", "orders"} & after_downgrade
+    tables = {"users", "orders", "idempotency_keys", "outbox"}
+    assert tables <= after_upgrade
+    assert not tables & after_downgrade
     assert after_second_upgrade == after_upgrade

@@ -34,6 +34,7 @@ from .conftest import make_settings, resources_of, running_app
 from .upstream_server import ScriptedUpstream
 
 BACKGROUND_LOGGER = "{{ cookiecutter.package_name }}.background"
+OUTBOX_LOGGER = "{{ cookiecutter.package_name }}.outbox"
 REQUEST_TIMEOUT = 0.5
 ORDER = {"item": "lamp", "quantity": 1}
 
@@ -211,6 +212,42 @@ async def test_pitfall_an_unshielded_write_dies_with_its_request(
     assert upstream.arrived("/notifications") == 0
 
 
+async def test_a_retry_with_its_idempotency_key_after_a_504_gets_the_order_that_landed(
+    settings_with_grace: SettingsWithGrace,
+    upstream: ScriptedUpstream,
+    db_engine: AsyncEngine,
+    buyer: int,
+) -> None:
+    path = f"/users/{buyer}/orders"
+    key = {"Idempotency-Key": '"retry-after-504"'}
+    async with (
+        running_app(settings_with_grace(3.0)) as (client, _),
+        row_lock(db_engine, buyer) as lock,
+    ):
+        await client.get("/health/ready")  # open a pooled connection first: the deadline is short
+        first = await client.post(path, json=ORDER, headers=key)
+        assert first.status_code == 504
+        assert await eventually(lambda: has(waiting_on(db_engine, lock), 1))
+
+        # Retried while the first write still waits: told so at once, nothing written.
+        early = await client.post(path, json=ORDER, headers=key)
+        assert early.status_code == 409
+        assert early.json()["error"]["code"] == "idempotency_key_in_use"
+        assert early.headers["retry-after"] == "1"
+
+        await lock.release()
+        assert await eventually(lambda: has_orders(db_engine, buyer, 1))
+        # Retried once the write has landed: the order the 504 hid, not a second one.
+        retry = await client.post(path, json=ORDER, headers=key)
+        await upstream.wait_for_notifications(1)
+
+    [order_id] = await order_ids(db_engine, buyer)
+    assert retry.status_code == 201
+    assert retry.json()["id"] == order_id
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert upstream.arrived("/notifications") == 1
+
+
 async def shut_down_while_the_write_waits(
     settings: Settings, engine: AsyncEngine, user_id: int, release_after: float | None
 ) -> float:
@@ -253,7 +290,7 @@ async def test_shutdown_waits_for_a_shielded_write_in_flight(
     assert [body["order_id"] for body in await upstream.wait_for_notifications(1)] == [order_id]
 
 
-async def test_a_notification_failing_during_shutdown_is_logged(
+async def test_a_notification_failing_during_shutdown_is_logged_and_stays_owed(
     settings_with_grace: SettingsWithGrace,
     upstream: ScriptedUpstream,
     db_engine: AsyncEngine,
@@ -261,15 +298,21 @@ async def test_a_notification_failing_during_shutdown_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     upstream.script("notify", "fail", status=503)
-    caplog.set_level(logging.ERROR)
+    caplog.set_level(logging.WARNING, logger=OUTBOX_LOGGER)
 
     await shut_down_while_the_write_waits(settings_with_grace(3.0), db_engine, buyer, 0.2)
 
     [order_id] = await order_ids(db_engine, buyer)
-    assert [getattr(record, "task", None) for record in caplog.records] == [
-        f"notify-order:{order_id}"
-    ]
-    assert "notifier answered 503" in caplog.text  # the error, with its traceback
+    [record] = [record for record in caplog.records if record.name == OUTBOX_LOGGER]
+    assert "notifier answered 503" in record.getMessage()
+    async with db_engine.begin() as connection:
+        owed = (
+            await connection.execute(text("SELECT payload, status, attempts FROM outbox"))
+        ).one()
+        # Owed, not lost: the next process (or another replica) sends it again.
+        await connection.execute(text("TRUNCATE outbox"))
+    assert (owed.payload["order_id"], owed.status, owed.attempts) == (order_id, "pending", 1)
+    assert getattr(record, "outbox_id", None) is not None
 
 
 async def test_shutdown_cancels_a_write_stuck_past_the_grace_period_and_names_it(

@@ -16,6 +16,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,7 @@ class Received:
     path: str
     query: dict[str, list[str]]
     body: Any
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
 
 
 @dataclass

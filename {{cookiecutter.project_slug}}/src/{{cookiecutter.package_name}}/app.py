@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from . import __doc__ as package_doc
+from .aio.admission import AdmissionGate, AdmissionMiddleware
 from .aio.background import TaskSupervisor
 from .aio.deadlines import RequestDeadlineMiddleware
 from .aio.debug import LoopLagMonitor, enable_asyncio_debug, install_signal_dumps
@@ -24,9 +25,12 @@ from .aio.shutdown import ShutdownBudget
 from .api import debug, health, users
 from .db.embedded import asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine, create_sessionmaker
+from .db.idempotency import delete_expired_keys
 from .db.migrate import upgrade_database
-from .errors import install_error_handlers
+from .errors import ErrorMiddleware, install_error_handlers
 from .logs import request_id_var
+from .outbox.dispatcher import DispatchPolicy, OutboxDispatcher
+from .outbox.models import ORDER_NOTIFICATION
 from .request_id import RequestIdMiddleware
 from .resources import Resources
 from .settings import DEMO_UPSTREAM_PATH, Settings
@@ -88,19 +92,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         budget: ShutdownBudget = app.state.shutdown_budget
         stack.push_async_callback(_drain_background_work, supervisor, budget)
 
+        sessionmaker = create_sessionmaker(engine)
+        upstreams = Upstreams(
+            http,
+            preferences_url=settings.preferences_base_url,
+            notifier_url=settings.notifier_base_url,
+            deadline=settings.upstream_timeout,
+        )
+        # Durable notifications (outbox/). Its callback is pushed after the drain's, so at
+        # shutdown the dispatcher stops polling first, within what is left of the budget; a
+        # send it has to cut is sent again after a restart, or by another replica.
+        outbox = OutboxDispatcher(
+            sessionmaker,
+            {ORDER_NOTIFICATION: upstreams.notify},
+            DispatchPolicy.from_settings(settings),
+            cleanup_jobs=[delete_expired_keys],
+            logger=logging.getLogger(f"{__package__}.outbox"),
+        )
+        outbox.start()
+        stack.push_async_callback(lambda: outbox.stop(budget.remaining()))
+
         resources = Resources(
             settings=settings,
             engine=engine,
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             http=http,
-            upstreams=Upstreams(
-                http,
-                preferences_url=settings.preferences_base_url,
-                notifier_url=settings.notifier_base_url,
-                deadline=settings.upstream_timeout,
-            ),
+            upstreams=upstreams,
             supervisor=supervisor,
             loop_lag=loop_lag,
+            outbox=outbox,
         )
         if settings.gc_freeze:
             # Everything created so far lives as long as the process: move it out of the
@@ -142,6 +162,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestDeadlineMiddleware, timeout=settings.request_timeout, request_id=request_id_var.get
     )
+    # Overload is refused at the door, before any routing or database work; probes, metrics,
+    # debug dumps and the demo upstream (which the service calls itself) are never refused.
+    app.state.admission_gate = AdmissionGate(settings.admission_slots, settings.admission_timeout)
+    app.add_middleware(
+        AdmissionMiddleware,
+        gate=app.state.admission_gate,
+        retry_after=settings.retry_after,
+        exempt_paths=("/health", "/metrics", "/debug", DEMO_UPSTREAM_PATH),
+        request_id=request_id_var.get,
+    )
+    # Inside the request id, outside everything else: the one place an unhandled exception
+    # becomes an answer (see errors.py), with the request's id in the header, body and log.
+    app.add_middleware(ErrorMiddleware, retry_after=settings.retry_after)
     # Added last, so it is outermost: every response and log line carries the request id.
     app.add_middleware(RequestIdMiddleware)
     return app

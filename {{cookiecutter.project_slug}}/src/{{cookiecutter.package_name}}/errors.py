@@ -2,19 +2,40 @@
 
 Clients get a stable, machine-readable code and a human message; the stack trace goes to the
 log only. Validation errors add ``details`` (where and what) and are 422.
+
+One error path. The errors a handler expects (``ServiceError``, ``HTTPException``, validation, a
+constraint) have handlers of their own class, which Starlette runs in its ``ExceptionMiddleware``
+and which do not re-raise. Everything else reaches ``ErrorMiddleware``, the one place where an
+exception becomes a 5xx answer: it is logged once, with the request id, and answered in the
+service's shape, and it goes no further. Known failures of the database are answered for what
+they are (``answer_for``): no free connection in time is 503 ``database_busy`` with
+``Retry-After``; a statement past its timeout is 504 ``database_timeout``; a database that
+refuses or drops the connection is 503 ``database_unavailable`` with ``Retry-After``. The rest
+is 500 ``internal_error``.
+
+Why not ``app.add_exception_handler(Exception, ...)``: Starlette runs that handler in
+``ServerErrorMiddleware``, outside every middleware of the app, and re-raises the exception after
+the answer is sent. The server then logs the same error again ("Exception in ASGI application")
+and closes the client's keep-alive connection, and the 500 misses what the inner middleware adds
+(the ``X-Request-ID`` header). A pure ASGI middleware placed inside ``RequestIdMiddleware`` that
+does not re-raise has none of these faults.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id_var
 
@@ -120,14 +141,167 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "conflict", "the request conflicts with existing data")
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """The handlers of expected errors. Unexpected ones are ``ErrorMiddleware``'s: no handler
+    for ``Exception`` or 500 here (see the module's docstring)."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    """What the client is told about an exception no handler took, and how it is logged."""
+
+    status: int
+    code: str
+    message: str
+    retry_later: bool = False  # 503: add Retry-After
+    # A known failure of a dependency: a warning without a stack trace. Anything else is a bug
+    # of ours until proven otherwise: an error with its stack trace.
+    expected: bool = False
+
+
+INTERNAL_ERROR = ErrorAnswer(500, "internal_error", "internal server error")
+DATABASE_BUSY = ErrorAnswer(
+    503, "database_busy", "no database connection came free in time; retry later",
+    retry_later=True, expected=True,
+)  # fmt: skip
+DATABASE_TIMEOUT = ErrorAnswer(
+    504, "database_timeout", "the database did not answer in time", expected=True
+)
+DATABASE_UNAVAILABLE = ErrorAnswer(
+    503, "database_unavailable", "the database cannot be reached; retry later",
+    retry_later=True, expected=True,
+)  # fmt: skip
+
+# SQLSTATE of a statement cancelled by statement_timeout (query_canceled; an administrator's
+# pg_cancel_backend gives it too).
+STATEMENT_TIMEOUT_SQLSTATE = "57014"
+# The server is going away or cannot take the connection: class 08 (connection exception),
+# admin or crash shutdown, still starting up, too many connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def answer_for(error: BaseException) -> ErrorAnswer:
+    """The answer to ``error`` or to what caused it (``raise ... from``): a fan-out failure
+    caused by a statement timeout is a statement timeout."""
+    for link in _explicit_causes(error):
+        answer = _database_answer(link)
+        if answer is not None:
+            return answer
+        if isinstance(link, StarletteHTTPException):  # raised outside the router's handlers
+            code = _CODES.get(link.status_code, "error")
+            message = link.detail if isinstance(link.detail, str) else code.replace("_", " ")
+            return ErrorAnswer(link.status_code, code, message, expected=True)
+    return INTERNAL_ERROR
+
+
+def _explicit_causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__
+
+
+def _database_answer(error: BaseException) -> ErrorAnswer | None:
+    if isinstance(error, PoolTimeoutError):  # waited pool_timeout for a connection in vain
+        return DATABASE_BUSY
+    if isinstance(error, DBAPIError):
+        return _wrapped_driver_answer(error)
+    if isinstance(error, OSError):
+        return _plain_driver_answer(error)
+    return None
+
+
+def _wrapped_driver_answer(error: DBAPIError) -> ErrorAnswer | None:
+    """The driver's error as SQLAlchemy wraps it: the SQLSTATE tells what happened."""
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    if sqlstate == STATEMENT_TIMEOUT_SQLSTATE:
+        return DATABASE_TIMEOUT
+    if error.connection_invalidated or sqlstate.startswith("08"):
+        return DATABASE_UNAVAILABLE
+    return DATABASE_UNAVAILABLE if sqlstate in _UNAVAILABLE_SQLSTATES else None
+
+
+def _plain_driver_answer(error: OSError) -> ErrorAnswer | None:
+    """asyncpg raises some failures as plain ``OSError`` and ``TimeoutError``, and SQLAlchemy
+    passes them on unwrapped: a refused or unreachable server, a connect timeout, and the
+    ``command_timeout`` backstop. A plain ``TimeoutError`` could be anything, so the traceback
+    decides: raised from inside asyncpg, it is the database's."""
+    modules = _traceback_modules(error)
+    if not any(module.startswith("asyncpg") for module in modules):
+        return None
+    if isinstance(error, TimeoutError) and "asyncpg.connect_utils" not in modules:
+        return DATABASE_TIMEOUT  # the backstop: the server did not answer a statement
+    return DATABASE_UNAVAILABLE  # refused, unreachable, or no answer while connecting
+
+
+def _traceback_modules(error: BaseException) -> set[str]:
+    modules = set()
+    frames = error.__traceback__
+    while frames is not None:
+        modules.add(str(frames.tb_frame.f_globals.get("__name__", "")))
+        frames = frames.tb_next
+    return modules
+
+
+class ErrorMiddleware:
+    """Answer any exception the app raised and no handler took; log it once; never re-raise.
+
+    Place it inside ``RequestIdMiddleware`` so that the answer carries ``X-Request-ID`` and the
+    log line the request id. When the response had already started, its status is on the wire:
+    the error is logged and the response left cut, so the server closes the connection and the
+    client sees an incomplete body rather than a complete-looking wrong one. A cancellation is
+    not an error and passes through. ``Retry-After`` of the 503s is ``retry_after`` seconds.
+    """
+
+    def __init__(self, app: ASGIApp, retry_after: int = 1) -> None:
+        self.app = app
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception as error:  # noqa: BLE001 - the end of the line: answered, never lost
+            answer = answer_for(error)
+            _log(answer, error, scope, response_started)
+            if not response_started:
+                await self._send_answer(send, answer)
+
+    async def _send_answer(self, send: Send, answer: ErrorAnswer) -> None:
+        body = json.dumps(error_body(answer.code, answer.message)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if answer.retry_later:
+            headers.append((b"retry-after", b"%d" % self.retry_after))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _log(answer: ErrorAnswer, error: Exception, scope: Scope, response_started: bool) -> None:
+    extra = {
+        "method": scope.get("method"),
+        "path": scope.get("path"),
+        "status": answer.status,
+        "error_code": answer.code,
+        "response_started": response_started,
+    }
+    if answer.expected:
+        # Expected under load or an outage, and possibly many a second: one line, no trace.
+        logger.warning("%s (%s)", answer.message, type(error).__name__, extra=extra)
+    else:
+        logger.error("unhandled error", exc_info=error, extra=extra)

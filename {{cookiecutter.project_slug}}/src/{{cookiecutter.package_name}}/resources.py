@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .aio.background import TaskSupervisor
 from .aio.debug import LoopLagMonitor
+from .outbox.dispatcher import OutboxDispatcher
 from .settings import Settings
 from .upstream.calls import Upstreams
 
@@ -28,6 +29,7 @@ class Resources:
     upstreams: Upstreams
     supervisor: TaskSupervisor
     loop_lag: LoopLagMonitor
+    outbox: OutboxDispatcher
 
 
 async def get_resources(request: Request) -> Resources:

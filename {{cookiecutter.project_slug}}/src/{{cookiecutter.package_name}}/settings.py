@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout: float = Field(default=5.0, gt=0)
     db_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)
+    # True when DATABASE_URL points at PgBouncer in transaction pooling mode: no prepared
+    # statement caches, and the two timeouts above set with SET LOCAL in every transaction
+    # instead of as connection parameters, which PgBouncer refuses (see db/engine.py).
+    db_pgbouncer: bool = False
 
     # Unset in development: the built-in demo upstream serves both.
     preferences_url: HttpUrl | None = None
@@ -53,6 +57,16 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(default=10.0, ge=0)
     readiness_timeout: float = Field(default=1.0, gt=0)
 
+    # Admission (aio/admission.py): at most ADMISSION_LIMIT requests in flight in this process;
+    # unset, the connections its pool can hand out (DB_POOL_SIZE + DB_MAX_OVERFLOW), since
+    # nearly every request holds one and more in flight only queue for the pool. A request that
+    # finds no slot waits ADMISSION_TIMEOUT at most (enough to absorb a burst), then gets 503.
+    admission_limit: int | None = Field(default=None, ge=1)
+    admission_timeout: float = Field(default=0.25, ge=0)
+    # Retry-After (whole seconds) of each 503 that says "come back later": overload, no
+    # database connection in time, database unreachable.
+    retry_after: int = Field(default=1, ge=1, le=3600)
+
     debug_token: SecretStr | None = None
     asyncio_debug: bool = False
     slow_callback_seconds: float = Field(default=0.1, gt=0)
@@ -60,6 +74,25 @@ class Settings(BaseSettings):
     # gc.freeze() after startup moves start-up objects out of the collector's way, which
     # removes most of the latency tail caused by full collections.
     gc_freeze: bool = True
+
+    # POST /users/{id}/orders remembers an Idempotency-Key this long (24 h, as payment APIs do);
+    # a retry within it gets the stored order back, the same key after it places a new order.
+    idempotency_key_ttl: float = Field(default=86400.0, gt=0)
+
+    # The transactional outbox (outbox/): its dispatcher looks for due notifications every poll
+    # interval, sends up to a batch at once, and owns a claimed row for the lease (never less
+    # than UPSTREAM_TIMEOUT + 1 s, or a slow send would be taken over and sent twice). A failed
+    # send is retried after a random delay of up to RETRY_BASE * 2**(attempt - 1) seconds (at
+    # most RETRY_CAP), and after MAX_ATTEMPTS it is set aside as dead. Delivered rows are deleted
+    # after the retention; the cleanup (expired idempotency keys too) runs every interval.
+    outbox_poll_interval: float = Field(default=1.0, gt=0)
+    outbox_batch_size: int = Field(default=20, ge=1)
+    outbox_lease: float = Field(default=30.0, gt=0)
+    outbox_max_attempts: int = Field(default=20, ge=1)
+    outbox_retry_base: float = Field(default=1.0, gt=0)
+    outbox_retry_cap: float = Field(default=600.0, gt=0)
+    outbox_retention: float = Field(default=86400.0, gt=0)
+    outbox_cleanup_interval: float = Field(default=60.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -97,6 +130,11 @@ class Settings(BaseSettings):
                 "(the embedded database and the demo upstream are for development only)"
             )
         return self
+
+    @property
+    def admission_slots(self) -> int:
+        """The requests admitted at once: ADMISSION_LIMIT, or the size of the database pool."""
+        return self.admission_limit or self.db_pool_size + self.db_max_overflow
 
     @property
     def uses_embedded_postgres(self) -> bool:

@@ -1,24 +1,38 @@
 """Users, their orders, and the two views over everything about a user.
 
 The routers only wire things together: the concurrency lives in ``aio`` (fan-out, settled
-fan-out, shielded and background work), the queries in ``db``, the calls in ``upstream``.
+fan-out, shielded and background work), the queries in ``db`` (idempotency keys too), the calls
+in ``upstream``, durable notifications in ``outbox``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Header, Response, status
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..aio.fanout import FanoutError, run_all
 from ..aio.settled import Failed, Ok, run_settled
+from ..db.idempotency import claim_key, parse_idempotency_key, record_key, request_fingerprint
 from ..db.models import User
-from ..db.queries import insert_order, load_user, orders_of, read_orders, read_user
+from ..db.queries import (
+    insert_order,
+    load_order,
+    load_user,
+    orders_of,
+    read_orders,
+    read_user,
+)
 from ..db.session import transaction
 from ..errors import ConflictError, NotFoundError, ServiceError
+from ..logs import request_id_var
+from ..outbox.models import ORDER_NOTIFICATION
+from ..outbox.store import enqueue
 from ..resources import Resources
 from ..upstream.calls import UpstreamTimeoutError
 from .deps import ResourcesDep, SessionDep
@@ -63,29 +77,87 @@ async def get_user(user: ExistingUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-async def place_order(resources: Resources, user_id: int, body: OrderCreate) -> OrderOut:
-    """Write the order in a session of its own, then notify in the background.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        description=(
+            "Makes the request safe to retry: a quoted string (or a bare token) of 1 to 255 "
+            "characters, unique per order. The same key with the same body within "
+            "IDEMPOTENCY_KEY_TTL answers with the order it created (201, header "
+            "Idempotent-Replayed: true); with another body it is 422; while the first request "
+            "with the key is still running it is 409 with Retry-After."
+        ),
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    order: OrderOut
+    replayed: bool  # answered with the order an earlier request with the same key created
+
+
+async def _enqueue_notification(session: AsyncSession, order: OrderOut) -> int:
+    payload = {"user_id": order.user_id, "order_id": order.id, "item": order.item,
+               "quantity": order.quantity}  # fmt: skip
+    return await enqueue(session, ORDER_NOTIFICATION, payload, request_id=request_id_var.get())
+
+
+async def place_order(
+    resources: Resources, user_id: int, body: OrderCreate, key: str | None = None
+) -> PlacedOrder:
+    """Write the order, its idempotency key and its notification in one transaction, then send
+    the notification in the background.
 
     This runs shielded: once started it finishes even if the request that asked for it is
-    cancelled (its deadline, or the server's shutdown), and the notification is still sent.
+    cancelled (its deadline, or the server's shutdown). The notification is a row of the outbox,
+    committed with the order: sent at once after the commit, and by the outbox's dispatcher
+    later if that first attempt fails or the process dies first.
     """
+    fingerprint = request_fingerprint(body.model_dump())
     async with transaction(resources.sessionmaker) as session:
+        if key is not None:
+            stored = await claim_key(session, user_id=user_id, key=key, fingerprint=fingerprint)
+            if stored is not None:
+                replayed = OrderOut.model_validate(await load_order(session, stored))
+                return PlacedOrder(replayed, replayed=True)
         order = OrderOut.model_validate(
             await insert_order(session, user_id, body.item, body.quantity)
         )
-    payload = {"user_id": user_id, "order_id": order.id, "item": order.item,
-               "quantity": order.quantity}  # fmt: skip
-    # Spawned from the shielded task itself, so the supervisor accepts and drains it even when
-    # the write finished after shutdown began.
-    resources.supervisor.spawn(resources.upstreams.notify(payload), name=f"notify-order:{order.id}")
-    return order
+        if key is not None:
+            await record_key(
+                session,
+                user_id=user_id,
+                key=key,
+                fingerprint=fingerprint,
+                order_id=order.id,
+                ttl=resources.settings.idempotency_key_ttl,
+            )
+        message_id = await _enqueue_notification(session, order)
+    # The first attempt, right after the commit, without the response waiting for it. Spawned
+    # from the shielded task itself, so the supervisor accepts and drains it even when the write
+    # finished after shutdown began.
+    resources.supervisor.spawn(
+        resources.outbox.deliver(message_id), name=f"notify-order:{order.id}"
+    )
+    return PlacedOrder(order, replayed=False)
 
 
 @router.post("/{user_id}/orders", status_code=status.HTTP_201_CREATED)
-async def create_order(body: OrderCreate, user_id: UserIdPath, resources: ResourcesDep) -> OrderOut:
-    return await resources.supervisor.run_shielded(
-        place_order(resources, user_id, body), name=f"place-order:user-{user_id}"
+async def create_order(
+    body: OrderCreate,
+    user_id: UserIdPath,
+    resources: ResourcesDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> OrderOut:
+    key = None if idempotency_key is None else parse_idempotency_key(idempotency_key)
+    placed = await resources.supervisor.run_shielded(
+        place_order(resources, user_id, body, key), name=f"place-order:user-{user_id}"
     )
+    if placed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return placed.order
 
 
 @router.get("/{user_id}/orders")

@@ -1,4 +1,5 @@
-"""Tables ``users`` and ``orders``. Migrations in ``migrations/`` create them; keep both in step."""
+"""Tables ``users``, ``orders`` and ``idempotency_keys``. Migrations in ``migrations/`` create
+them; keep both in step. (The outbox's table lives with the outbox, in ``outbox/models.py``.)"""
 
 from __future__ import annotations
 
@@ -33,3 +34,23 @@ class Order(Base):
     item: Mapped[str] = mapped_column(String(200))
     quantity: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` a client sent with an order, stored in the order's own transaction.
+
+    The primary key is what makes a key single-use: two transactions that both try to store
+    the same (user, key) cannot both commit. Deleting the order deletes its key.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # A hash of the request body the key was first used with: a replay must send the same.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -24,6 +24,13 @@ async def orders_of(session: AsyncSession, user_id: int) -> Sequence[Order]:
     return result.all()
 
 
+async def load_order(session: AsyncSession, order_id: int) -> Order:
+    order = await session.get(Order, order_id)
+    if order is None:
+        raise NotFoundError(f"order {order_id} does not exist")
+    return order
+
+
 async def insert_order(session: AsyncSession, user_id: int, item: str, quantity: int) -> Order:
     await load_user(session, user_id)
     order = Order(user_id=user_id, item=item, quantity=quantity)

@@ -6,6 +6,10 @@ Two ways in:
   an event loop is already running, because nothing here starts one;
 - the ``alembic`` command line passes nothing: this file then opens its own async engine on
   ``DATABASE_URL`` and runs with ``asyncio.run``.
+
+All of a run is one transaction (PostgreSQL's DDL is transactional, the version table included),
+so it works through PgBouncer in transaction pooling mode too; with ``DB_PGBOUNCER=true`` the
+command line's engine keeps no prepared statements, like the service's.
 """
 
 from __future__ import annotations
@@ -13,14 +17,25 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }}.db.engine import WITHOUT_STATEMENT_CACHES
 from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli
-from {{ cookiecutter.package_name }}.db.models import Base
+from {{ cookiecutter.package_name }}.schema import metadata
 
-target_metadata = Base.metadata
+target_metadata = metadata
+
+
+class PgBouncerSwitch(BaseSettings):
+    """``DB_PGBOUNCER`` alone, read as the service reads it: the command line needs no other
+    setting when alembic.ini names the database."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore")
+
+    db_pgbouncer: bool = False
 
 
 def run_with_connection(connection: Connection) -> None:
@@ -30,7 +45,8 @@ def run_with_connection(connection: Connection) -> None:
 
 
 async def run_with_own_engine(url: str) -> None:
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    caches = WITHOUT_STATEMENT_CACHES if PgBouncerSwitch().db_pgbouncer else {}
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=caches)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_with_connection)
