@@ -12,8 +12,8 @@ client of it lands on that one connection, which makes what one client leaves on
 connection visible to the next client.
 
 PgBouncer refuses to run as root; as root it is started with ``-u`` as the owner of the server's
-unix socket directory (it must be able to connect there) or as ``nobody`` for a TCP server. It
-reads its configuration before it drops root.
+unix socket directory (it must be able to connect there), or as ``nobody`` for a TCP server or a
+root-owned socket directory. It reads its configuration before it drops root.
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def _run_as(server: Server) -> list[str]:
     if os.geteuid() != 0:
         return []
     if server.is_unix_socket:
-        return ["-u", pwd.getpwuid(Path(server.host).stat().st_uid).pw_name]
+        owner = pwd.getpwuid(Path(server.host).stat().st_uid).pw_name
+        # PgBouncer refuses to run as root; a root-owned socket directory is world-writable
+        # (the embedded server makes it so), and nobody can connect there.
+        if owner != "root":
+            return ["-u", owner]
     return ["-u", "nobody"]
 
 
