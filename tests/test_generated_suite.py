@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baker
+from .conftest import Baker, nested_pytest_options
 from .test_catalog import TEST_REFERENCE
 
 TARGETS = [pytest.param(None, id="embedded-postgres")]
@@ -39,7 +39,7 @@ def run_generated_suite(
     if database_url:
         environment["TEST_DATABASE_URL"] = database_url
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-n", "2", "-q", *nested_pytest_options(project),
          f"--junitxml={report}"],
         cwd=project, env=environment, capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip

@@ -20,12 +20,13 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .conftest import TEMPLATE_DIR, bake_into
+from .conftest import TEMPLATE_DIR, bake_into, fresh_workdir, nested_pytest_options
 
 CATALOG_SOURCE = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "docs" / "patterns.md"
 
@@ -579,9 +580,11 @@ def proof_paragraph(section: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pristine() -> Iterator[Path]:
     """One default bake per test process, copied for each removal (never run itself)."""
-    return bake_into(tmp_path_factory.mktemp("pristine"))
+    folder = fresh_workdir()
+    yield bake_into(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def apply(project: Path, removal: Removal) -> None:
@@ -610,7 +613,7 @@ def failed_tests(report: Path) -> set[str]:
 @pytest.mark.generated_suite
 @pytest.mark.parametrize("name", sorted(REMOVALS))
 def test_removing_the_practice_fails_its_named_proof(
-    name: str, pristine: Path, tmp_path: Path
+    name: str, pristine: Path, workdir: Path, tmp_path: Path
 ) -> None:
     removal = REMOVALS[name]
     search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/local/bin"])
@@ -620,12 +623,12 @@ def test_removing_the_practice_fails_its_named_proof(
     named = proof_paragraph(catalog_section(removal.practice))
     assert [proof for proof in removal.proofs if f"`{proof}`" not in named] == []
 
-    project = shutil.copytree(pristine, tmp_path / pristine.name)
+    project = shutil.copytree(pristine, workdir / pristine.name)
     apply(project, removal)
     environment = {key: value for key, value in os.environ.items() if key != "TEST_DATABASE_URL"}
     report = tmp_path / "report.xml"
     finished = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+        [sys.executable, "-m", "pytest", "-q", *nested_pytest_options(project), "-p", "no:xdist",
          f"--junitxml={report}", *removal.proofs],
         cwd=project, env=environment, capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
