@@ -39,6 +39,8 @@ CHOICES = {
     "ci_provider": ("github", "gitlab", "none"),
     "use_docker": ("yes", "no"),
     "kubernetes": ("no", "yes"),
+    "auth": ("none", "bearer"),
+    "tracing": ("none", "opentelemetry"),
     "license": ("MIT", "BSD-3-Clause", "Proprietary"),
 }
 # With kubernetes=yes the slug names the Kubernetes objects: the Service (an RFC 1035 label, so
@@ -205,6 +207,8 @@ def rendered_answers() -> dict[str, str]:
         "ci_provider": {{ cookiecutter.ci_provider | tojson }},
         "use_docker": {{ cookiecutter.use_docker | tojson }},
         "kubernetes": {{ cookiecutter.kubernetes | tojson }},
+        "auth": {{ cookiecutter.auth | tojson }},
+        "tracing": {{ cookiecutter.tracing | tojson }},
         "license": {{ cookiecutter.license | tojson }},
     }  # fmt: skip
 

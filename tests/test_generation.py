@@ -52,6 +52,18 @@ COMBINATIONS = [
     ),
     pytest.param({"project_name": "Ñandú Café Órdenes", "kubernetes": "yes"},
                  id="name-with-accents-k8s"),
+    pytest.param({"tracing": "opentelemetry"}, id="py312-github-docker-tracing"),
+    pytest.param({"auth": "bearer", "kubernetes": "yes"}, id="py312-github-docker-k8s-auth-bearer"),
+    pytest.param(
+        {"auth": "bearer", "python_version": "3.11", "ci_provider": "none", "use_docker": "no",
+         "project_name": "2048 Orders"},
+        id="py311-noci-nodocker-auth-bearer-digit-name",
+    ),
+    pytest.param(
+        {"python_version": "3.11", "ci_provider": "none", "use_docker": "no",
+         "tracing": "opentelemetry", "project_name": "2048 Orders"},
+        id="py311-noci-nodocker-tracing-digit-name",
+    ),
     pytest.param({"project_name": "X"}, id="name-single-letter"),
     pytest.param({"project_name": "2048 Orders"}, id="name-starting-with-digits"),
     pytest.param({"project_name": "Class"}, id="name-is-a-keyword"),

@@ -320,7 +320,7 @@ def test_compose_file_wiring(docker_project: Path) -> None:
     depends = {name: spec["condition"] for name, spec in app["depends_on"].items()}
     assert depends["migrate"] == "service_completed_successfully"
     assert depends["upstream"] == "service_healthy"
-    assert "8000:8000" in app["ports"]
+    assert "127.0.0.1:8000:8000" in app["ports"]
     assert "/health/live" in " ".join(app["healthcheck"]["test"])
 
     # Docker sends SIGKILL after stop_grace_period: it must outlast the drain.
@@ -369,13 +369,13 @@ def test_github_workflow(bake: Baker, python_version: str, use_docker: str) -> N
 
     env = workflow.get("env", {})
     jobs = workflow["jobs"]
-    expected_jobs = {"lint", "test"} | ({"docker"} if use_docker == "yes" else set())
+    expected_jobs = {"lint", "audit", "test"} | ({"docker"} if use_docker == "yes" else set())
     assert set(jobs) == expected_jobs
 
     for name in ("lint", "test"):
         (setup_uv,) = uses_of(jobs[name], "astral-sh/setup-uv")
         assert resolve_env(setup_uv["with"]["python-version"], env) == python_version
-        assert any("uv sync --extra dev" in run for run in workflow_runs(jobs[name]))
+        assert any("uv sync --locked --extra dev" in run for run in workflow_runs(jobs[name]))
         assert "timeout-minutes" in jobs[name]
 
     lint_runs = " && ".join(workflow_runs(jobs["lint"]))
@@ -427,7 +427,7 @@ def test_gitlab_ci(bake: Baker, python_version: str, use_docker: str) -> None:
 
     template = ci[".python"]
     assert template["image"] == f"python:{python_version}-slim"
-    assert "uv sync --extra dev" in template["before_script"][-1]
+    assert "uv sync --locked --extra dev" in template["before_script"][-1]
 
     lint, test = ci["lint"], ci["test"]
     for job, stage in ((lint, "lint"), (test, "test")):

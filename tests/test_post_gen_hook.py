@@ -35,8 +35,8 @@ def load_module(path: Path, name: str) -> ModuleType:
 hook: Any = load_module(HOOK_PATH, "post_gen_project")
 
 DOCKER_FILES = {"Dockerfile", ".dockerignore", "compose.yaml"}
-GITHUB_FILES = {".github/workflows/ci.yml"}
-GITLAB_FILES = {".gitlab-ci.yml"}
+GITHUB_FILES = {".github/workflows/ci.yml", ".github/dependabot.yml"}
+GITLAB_FILES = {".gitlab-ci.yml", "renovate.json"}
 LICENSE_FILES = {"LICENSE"}
 KUBERNETES_FILES = {"deploy/kubernetes/kustomization.yaml", "deploy/kubernetes/deployment.yaml"}
 # Files that no answer removes.
@@ -60,9 +60,9 @@ def expected_pruned(
     if use_docker == "no":
         pruned |= {"Dockerfile", ".dockerignore", "compose.yaml"}
     pruned |= {
-        "github": {".gitlab-ci.yml"},
+        "github": {".gitlab-ci.yml", "renovate.json"},
         "gitlab": {".github"},
-        "none": {".github", ".gitlab-ci.yml"},
+        "none": {".github", ".gitlab-ci.yml", "renovate.json"},
     }[ci_provider]
     if license == "Proprietary":
         pruned.add("LICENSE")
@@ -81,13 +81,21 @@ def expected_remaining(
 
 
 def answers_of(
-    use_docker: str, ci_provider: str, license: str, kubernetes: str = "yes"
+    use_docker: str,
+    ci_provider: str,
+    license: str,
+    kubernetes: str = "yes",
+    auth: str = "bearer",
+    tracing: str = "opentelemetry",
 ) -> dict[str, str]:
     return {
         "use_docker": use_docker,
         "ci_provider": ci_provider,
         "license": license,
         "kubernetes": kubernetes,
+        "auth": auth,
+        "tracing": tracing,
+        "package_name": "pkg",
     }
 
 
@@ -154,6 +162,62 @@ def test_pruning_twice_is_safe(
     assert files_under(project) == after_first
 
 
+def test_auth_none_removes_the_bearer_code_and_its_tests(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    auth_files = {
+        "src/pkg/auth/__init__.py",
+        "src/pkg/auth/jwks.py",
+        "src/pkg/api/auth.py",
+        "tests/identity_provider.py",
+        "tests/test_auth.py",
+        "tests/test_jwks_refresh.py",
+    }
+    for relative in auth_files:
+        (project / relative).parent.mkdir(parents=True, exist_ok=True)
+        (project / relative).write_text("# auth\n")
+
+    hook.prune(project, answers_of("yes", "github", "MIT", "yes", auth="none"))
+
+    remaining = files_under(project)
+    assert remaining & auth_files == set()
+    assert remaining == expected_remaining("yes", "github", "MIT", "yes")
+
+
+def test_tracing_none_removes_the_tracing_module_and_its_tests(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    tracing_files = {"src/pkg/observability/tracing.py", "tests/test_tracing.py"}
+    kept = "src/pkg/observability/metrics.py"
+    for relative in (*tracing_files, kept):
+        (project / relative).parent.mkdir(parents=True, exist_ok=True)
+        (project / relative).write_text("# observability\n")
+
+    hook.prune(project, answers_of("yes", "github", "MIT", "yes", tracing="none"))
+
+    remaining = files_under(project)
+    assert remaining & tracing_files == set()
+    assert remaining == expected_remaining("yes", "github", "MIT", "yes") | {kept}
+
+
+def test_tracing_opentelemetry_keeps_the_tracing_module(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    (project / "src/pkg/observability").mkdir(parents=True)
+    (project / "src/pkg/observability/tracing.py").write_text("# tracing\n")
+
+    hook.prune(project, answers_of("yes", "github", "MIT", "yes", tracing="opentelemetry"))
+
+    assert "src/pkg/observability/tracing.py" in files_under(project)
+
+
+def test_auth_bearer_keeps_the_bearer_code(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    (project / "src/pkg/auth").mkdir(parents=True)
+    (project / "src/pkg/auth/jwks.py").write_text("# auth\n")
+
+    hook.prune(project, answers_of("yes", "github", "MIT", "yes", auth="bearer"))
+
+    assert "src/pkg/auth/jwks.py" in files_under(project)
+
+
 def test_prune_of_an_empty_folder_removes_nothing(tmp_path: Path) -> None:
     assert hook.prune(tmp_path, answers_of("no", "none", "Proprietary", "no")) == []
     assert list(tmp_path.iterdir()) == []
@@ -199,6 +263,7 @@ def test_prune_removes_a_symlink_not_its_target(tmp_path: Path) -> None:
         pytest.param(answers_of("yes", "bitbucket", "MIT"), id="bad-ci_provider"),
         pytest.param(answers_of("yes", "github", "GPL"), id="bad-license"),
         pytest.param(answers_of("yes", "github", "MIT", "maybe"), id="bad-kubernetes"),
+        pytest.param(answers_of("yes", "github", "MIT", "no", auth="oauth"), id="bad-auth"),
         pytest.param(
             {"use_docker": "yes", "ci_provider": "github", "kubernetes": "no"},
             id="missing-license",
@@ -216,7 +281,7 @@ def test_unknown_answers_are_refused(tmp_path: Path, answers: dict[str, str]) ->
     assert files_under(project) == ALL_FILES
 
 
-@pytest.mark.parametrize("field", ["use_docker", "ci_provider", "license", "kubernetes"])
+@pytest.mark.parametrize("field", ["use_docker", "ci_provider", "license", "kubernetes", "auth"])
 def test_hook_knows_every_choice_of_cookiecutter_json(field: str) -> None:
     assert set(hook.CHOICES[field]) == set(OPTIONS[field])
 
@@ -224,6 +289,7 @@ def test_hook_knows_every_choice_of_cookiecutter_json(field: str) -> None:
 def test_every_prunable_path_exists_in_the_template() -> None:
     known = [*hook.DOCKER_PATHS, *hook.LICENSE_PATHS, *hook.KUBERNETES_PATHS]
     known += [path for paths in hook.CI_PATHS.values() for path in paths]
+    known += [path.format(package="{{cookiecutter.package_name}}") for path in hook.AUTH_PATHS]
     missing = [path for path in known if not (PROJECT_TEMPLATE / path).exists()]
     assert missing == []
 
@@ -264,6 +330,9 @@ def test_rendered_hook_returns_the_answers(tmp_path: Path) -> None:
             "ci_provider": "gitlab",
             "license": "BSD-3-Clause",
             "kubernetes": "no",
+            "auth": "none",
+            "tracing": "none",
+            "package_name": "orders_service",
         }
     }
     env = StrictEnvironment(context=context, keep_trailing_newline=True)
@@ -284,7 +353,7 @@ def test_baking_runs_the_hook_silently(bake: Baker, capfd: pytest.CaptureFixture
     assert "ERROR" not in out + err
     assert out.strip() == ""
     # kubernetes is "no" by default: deploy/ goes as well.
-    for name in (*DOCKER_FILES, ".github", ".gitlab-ci.yml", "LICENSE", "deploy"):
+    for name in (*DOCKER_FILES, ".github", ".gitlab-ci.yml", "renovate.json", "LICENSE", "deploy"):
         assert not (project / name).exists(), name
     assert (project / "pyproject.toml").is_file()
 

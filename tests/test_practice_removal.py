@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Removal:
     rewrites: tuple[tuple[str, str], ...]  # (code of the practice, its naive replacement)
     proofs: tuple[str, ...]  # tests/...py::name, each named in that section's Proof
     needs: str | None = None  # a program the proofs need, when the machine may lack it
+    answers: tuple[tuple[str, str], ...] = ()  # template answers of the bake, when not defaults
 
 
 def source(module: str) -> str:
@@ -106,6 +107,8 @@ RECORD_KEY_AFTER_COMMIT = """\
             )
 """
 
+
+BEARER = (("auth", "bearer"),)
 
 REMOVALS = {
     "fanout-taskgroup-to-gather": Removal(
@@ -563,6 +566,154 @@ REMOVALS = {
             "tests/test_overload.py::test_the_excess_is_refused_within_the_admission_timeout_and_the_admitted_finish",
         ),
     ),
+    "auth-without-audience-check": Removal(
+        practice=27,
+        path=source("auth/tokens.py"),
+        rewrites=(
+            ("                audience=self.audience,\n", ""),
+            ('"strict_aud": False}', '"strict_aud": False, "verify_aud": False}'),
+        ),
+        proofs=("tests/test_auth.py::test_a_bad_token_is_401_invalid_token",),
+        answers=BEARER,
+    ),
+    "auth-without-subject-check": Removal(
+        practice=27,
+        path=source("app.py"),
+        rewrites=(
+            ("app.include_router(users.router, dependencies=[Depends(authorize_user_access)])",
+             "app.include_router(users.router)"),
+        ),
+        proofs=(
+            "tests/test_auth.py::test_a_token_of_another_user_is_403",
+            "tests/test_auth.py::test_creating_a_user_needs_the_admin_scope",
+        ),
+        answers=BEARER,
+    ),
+    "auth-allow-list-instead-of-default-deny": Removal(
+        practice=27,
+        path=source("auth/middleware.py"),
+        rewrites=(
+            ('if scope["type"] != "http" or is_public(scope["path"], self.public_paths):',
+             'if scope["type"] != "http" or not scope["path"].startswith("/users"):'),
+        ),
+        proofs=("tests/test_auth.py::test_an_unknown_route_is_401_not_404",),
+        answers=BEARER,
+    ),
+    "jwks-without-background-refresh": Removal(
+        practice=27,
+        path=source("auth/setup.py"),
+        rewrites=(("    keys.start()\n", ""),),
+        proofs=(
+            "tests/test_jwks_refresh.py::test_a_rotated_key_is_picked_up_by_the_background_refresh",
+        ),
+        answers=BEARER,
+    ),
+    "jwks-drops-its-keys-when-a-refresh-fails": Removal(
+        practice=27,
+        path=source("auth/jwks.py"),
+        rewrites=(
+            ("            return False",
+             "            self._keys = MappingProxyType({})\n            return False"),
+        ),
+        proofs=("tests/test_jwks_refresh.py::test_a_failed_refresh_keeps_the_old_keys_and_logs",),
+        answers=BEARER,
+    ),
+    "metrics-labelled-by-raw-path": Removal(
+        practice=21,
+        path=source("observability/metrics.py"),
+        rewrites=(
+            ("                route_template(scope),\n", '                scope["path"],\n'),
+        ),
+        proofs=(
+            "tests/test_metrics.py::test_requests_are_labelled_by_route_template_in_the_text_format",
+        ),
+    ),
+    "metrics-in-the-global-registry": Removal(
+        practice=21,
+        path=source("observability/metrics.py"),
+        rewrites=(
+            ("from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest",
+             "from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, "
+             "generate_latest"),
+            ("        self.registry = CollectorRegistry(auto_describe=True)\n",
+             "        self.registry: CollectorRegistry = REGISTRY\n"),
+        ),
+        proofs=("tests/test_metrics.py::test_two_apps_in_one_process_keep_separate_metrics",),
+    ),
+    "request-id-not-forwarded-upstream": Removal(
+        practice=22,
+        path=source("upstream/calls.py"),
+        rewrites=(
+            ("headers = {REQUEST_ID_HEADER: request_id} if request_id is not None else None",
+             "headers = None"),
+        ),
+        proofs=(
+            "tests/test_request_id_propagation.py::test_every_upstream_call_of_a_request_carries_its_id",
+            "tests/test_request_id_propagation.py::test_the_notification_carries_the_id_of_the_order_request_on_every_attempt",
+        ),
+    ),
+    "body-limit-removed": Removal(
+        practice=23,
+        path=source("app.py"),
+        rewrites=(
+            ("    app.add_middleware(BodyLimitMiddleware, "
+             "max_bytes=settings.max_body_bytes)\n", ""),
+        ),
+        proofs=(
+            "tests/test_body_limit.py::test_a_declared_length_over_the_limit_is_413_before_the_body_is_read",
+            "tests/test_body_limit.py::test_a_chunked_body_is_cut_at_the_limit_and_memory_stays_flat",
+        ),
+    ),
+    "engine-shows-sql-parameters": Removal(
+        practice=24,
+        path=source("db/engine.py"),
+        rewrites=(("        hide_parameters=True,\n", ""),),
+        proofs=(
+            "tests/test_security_input.py::test_no_request_value_reaches_the_log_on_a_database_error",
+        ),
+    ),
+    "weak-debug-token-accepted": Removal(
+        practice=24,
+        path=source("settings.py"),
+        rewrites=(
+            ("        if self.debug_token is not None:\n"
+             "            _check_production_debug_token("
+             "self.debug_token.get_secret_value())\n", ""),
+        ),
+        proofs=(
+            "tests/test_security_settings.py::test_production_refuses_a_weak_debug_token_naming_the_variable",
+        ),
+    ),
+    "debug-routes-in-the-schema": Removal(
+        practice=24,
+        path=source("api/debug.py"),
+        rewrites=(("    include_in_schema=False,\n", ""),),
+        proofs=(
+            "tests/test_security_settings.py::test_debug_routes_answer_but_are_not_in_the_schema",
+        ),
+    ),
+    "migrations-without-the-advisory-lock": Removal(
+        practice=25,
+        path=source("db/migrate.py"),
+        rewrites=(
+            ('    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), '
+             '{"key": MIGRATION_LOCK_KEY})',
+             '    connection.execute(text("SELECT 1"))'),
+        ),
+        proofs=(
+            "tests/test_replicas.py::test_two_concurrent_migrate_commands_apply_the_schema_once",
+        ),
+    ),
+    "outbox-row-without-the-trace-context": Removal(
+        practice=26,
+        path=source("outbox/store.py"),
+        rewrites=(("            trace_context=current_trace_context(),\n", ""),),
+        proofs=(
+            "tests/test_tracing.py::test_order_notification_continues_the_trace_of_the_request",
+            "tests/test_tracing.py::test_notification_retry_from_the_poller_continues_the_trace_of_the_request",
+        ),
+        answers=(("tracing", "opentelemetry"),),
+    ),
 }  # fmt: skip
 
 
@@ -580,11 +731,20 @@ def proof_paragraph(section: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pristine() -> Iterator[Path]:
-    """One default bake per test process, copied for each removal (never run itself)."""
-    folder = fresh_workdir()
-    yield bake_into(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+def pristine() -> Iterator[Callable[[tuple[tuple[str, str], ...]], Path]]:
+    """One bake per set of answers and test process, copied for each removal (never run)."""
+    bakes: dict[tuple[tuple[str, str], ...], Path] = {}
+    folders: list[Path] = []
+
+    def bake_once(answers: tuple[tuple[str, str], ...]) -> Path:
+        if answers not in bakes:
+            folders.append(fresh_workdir())
+            bakes[answers] = bake_into(folders[-1], **dict(answers))
+        return bakes[answers]
+
+    yield bake_once
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def apply(project: Path, removal: Removal) -> None:
@@ -613,7 +773,10 @@ def failed_tests(report: Path) -> set[str]:
 @pytest.mark.generated_suite
 @pytest.mark.parametrize("name", sorted(REMOVALS))
 def test_removing_the_practice_fails_its_named_proof(
-    name: str, pristine: Path, workdir: Path, tmp_path: Path
+    name: str,
+    pristine: Callable[[tuple[tuple[str, str], ...]], Path],
+    workdir: Path,
+    tmp_path: Path,
 ) -> None:
     removal = REMOVALS[name]
     search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/local/bin"])
@@ -623,7 +786,8 @@ def test_removing_the_practice_fails_its_named_proof(
     named = proof_paragraph(catalog_section(removal.practice))
     assert [proof for proof in removal.proofs if f"`{proof}`" not in named] == []
 
-    project = shutil.copytree(pristine, workdir / pristine.name)
+    original = pristine(removal.answers)
+    project = shutil.copytree(original, workdir / original.name)
     apply(project, removal)
     environment = {key: value for key, value in os.environ.items() if key != "TEST_DATABASE_URL"}
     report = tmp_path / "report.xml"

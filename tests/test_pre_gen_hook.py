@@ -142,6 +142,8 @@ def test_every_check_passes_the_defaults() -> None:
             "ci_provider": "github",
             "use_docker": "yes",
             "kubernetes": "no",
+            "auth": "none",
+            "tracing": "none",
             "license": "MIT",
         }
     )
@@ -154,6 +156,8 @@ def test_every_check_passes_the_defaults() -> None:
         ("ci_provider", "jenkins"),
         ("use_docker", "maybe"),
         ("kubernetes", "true"),
+        ("auth", "oauth2"),
+        ("tracing", "jaeger"),
         ("license", "GPL"),
     ],
 )

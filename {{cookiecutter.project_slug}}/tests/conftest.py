@@ -7,10 +7,11 @@ with the project's alembic migrations; each test that uses the app starts from e
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx2
@@ -28,6 +29,9 @@ from {{ cookiecutter.package_name }}.db.migrate import upgrade_database
 from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
+{% if cookiecutter.auth == "bearer" -%}
+from .identity_provider import IdentityProvider
+{% endif -%}
 from .upstream_server import ScriptedUpstream
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +69,28 @@ def server_url() -> Iterator[str]:
     if external:
         yield _as_asyncpg(external)
         return
-    server = start_embedded_postgres(PROJECT_ROOT / ".postgres" / "test")
+    data_dir = PROJECT_ROOT / ".postgres" / "test"
+    # The xdist workers share one server. On a fresh checkout two workers would both run
+    # initdb on the same folder and the second would stop the first one's server: the first to
+    # take the lock creates it, the others find it initialised and join it.
+    with _exclusively(data_dir.with_name("test.lock")):
+        server = start_embedded_postgres(data_dir)
     try:
         yield asyncpg_url(server)
     finally:
         server.cleanup()
+
+
+@contextmanager
+def _exclusively(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` across processes (POSIX advisory lock)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -114,9 +135,27 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+{%- if cookiecutter.auth == "bearer" %}
+
+
+@pytest.fixture
+def settings(database_url: str, identity_provider: IdentityProvider) -> Settings:
+    # auth=bearer: the app trusts the tests' identity provider (see `client` for the token).
+    return make_settings(database_url, **identity_provider.settings())
+
+
+@pytest.fixture(scope="session")
+async def identity_provider() -> AsyncIterator[IdentityProvider]:
+    """A real JWKS server on 127.0.0.1 and the keys that sign the tests' tokens."""
+    async with IdentityProvider() as provider:
+        yield provider
+{%- else %}
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)
+{%- endif %}
 
 
 @pytest.fixture(scope="session")
@@ -203,8 +242,26 @@ async def idle_in_transaction(engine: AsyncEngine, application_name: str = APP_N
         return int(result.scalar_one())
 
 
+{%- if cookiecutter.auth == "bearer" %}
+
+
+@pytest.fixture
+async def client(
+    app: FastAPI, identity_provider: IdentityProvider
+) -> AsyncIterator[httpx2.AsyncClient]:
+    # auth=bearer: an admin token (it may act on every user), so the API tests run unchanged;
+    # tests/test_auth.py covers who may do what.
+    transport = httpx2.ASGITransport(app=app)
+    headers = {"authorization": f"Bearer {identity_provider.admin_token()}"}
+    async with httpx2.AsyncClient(
+        transport=transport, base_url="http://service.test", headers=headers
+    ) as http:
+{%- else %}
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx2.AsyncClient]:
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
+{%- endif %}
         yield http

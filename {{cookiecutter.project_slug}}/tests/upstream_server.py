@@ -40,6 +40,7 @@ class Received:
     query: dict[str, list[str]]
     body: Any
     at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic)
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
 
 @dataclass
@@ -129,7 +130,7 @@ class ScriptedUpstream:
         raw_body = await reader.readexactly(int(headers.get("content-length", "0")))
         url = urlsplit(target)
         body = json.loads(raw_body) if raw_body else None
-        self.received.append(Received(method, url.path, parse_qs(url.query), body))
+        self.received.append(Received(method, url.path, parse_qs(url.query), body, headers=headers))
         route, status, payload = self._answer(method, url.path, parse_qs(url.query), body)
         behaviour = self.behaviours.get(route, Behaviour())
         return await self._respond(route, behaviour, (status, payload), reader, writer)

@@ -175,6 +175,13 @@ DATABASE_UNAVAILABLE = ErrorAnswer(
     503, "database_unavailable", "the database cannot be reached; retry later",
     retry_later=True, expected=True,
 )  # fmt: skip
+# The database refused a value (SQLSTATE class 22, data exception: too long for its column, out
+# of range, not valid for its type). The request's fault, not the service's: a 422, logged as
+# one warning line with no stack trace, since the driver's message may quote the value.
+DATABASE_REFUSED_VALUE = ErrorAnswer(
+    422, "validation_error", "a value of the request is not accepted by the database",
+    expected=True,
+)  # fmt: skip
 
 # SQLSTATE of a statement cancelled by statement_timeout (query_canceled; an administrator's
 # pg_cancel_backend gives it too).
@@ -182,6 +189,8 @@ STATEMENT_TIMEOUT_SQLSTATE = "57014"
 # The server is going away or cannot take the connection: class 08 (connection exception),
 # admin or crash shutdown, still starting up, too many connections.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# Class 22: a value the database refuses (22001 too long, 22003 out of range, 22P02 bad syntax).
+DATA_EXCEPTION_CLASS = "22"
 
 
 def answer_for(error: BaseException) -> ErrorAnswer:
@@ -224,6 +233,8 @@ def _wrapped_driver_answer(error: DBAPIError) -> ErrorAnswer | None:
         return DATABASE_TIMEOUT
     if error.connection_invalidated or sqlstate.startswith("08"):
         return DATABASE_UNAVAILABLE
+    if sqlstate.startswith(DATA_EXCEPTION_CLASS):
+        return DATABASE_REFUSED_VALUE
     return DATABASE_UNAVAILABLE if sqlstate in _UNAVAILABLE_SQLSTATES else None
 
 

@@ -9,15 +9,55 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+{%- if cookiecutter.auth == "bearer" %}
+
+from .auth.tokens import ASYMMETRIC_ALGORITHMS
+{%- endif %}
 
 PACKAGE_NAME = __package__ or "{{ cookiecutter.package_name }}"
 DEMO_UPSTREAM_PATH = "/_demo"
 
 Environment = Literal["development", "test", "production"]
+
+
+# Debug tokens seen in examples and left in place: refused in production, whatever their length.
+PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "placeholder", "secret", "password",
+                     "token", "debug", "example", "default", "test", "xxxx")  # fmt: skip
+MIN_DEBUG_TOKEN_LENGTH = 32
+MIN_DEBUG_TOKEN_DISTINCT = 10
+
+
+def _check_production_debug_token(token: str) -> None:
+    """The debug endpoints dump every task of the process: their token must be a real secret."""
+    advice = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if len(token) < MIN_DEBUG_TOKEN_LENGTH:
+        raise ValueError(
+            f"DEBUG_TOKEN: must be at least {MIN_DEBUG_TOKEN_LENGTH} characters in production; "
+            + advice
+        )
+    lowered = token.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS) or (
+        len(set(token)) < MIN_DEBUG_TOKEN_DISTINCT
+    ):
+        raise ValueError(f"DEBUG_TOKEN: looks like a placeholder, not a secret; {advice}")
+
+
+def _check_production_database_url(url: str) -> None:
+    """A URL without host or database would connect to libpq's defaults (a local socket, a
+    database named after the user): in production that is a mistake, not a choice. The unix
+    socket form names its directory as ``?host=/path``."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or [""])[0]
+    database = parts.path.lstrip("/")
+    if not host or not database:
+        raise ValueError(
+            "DATABASE_URL: must name a host (or ?host=/socket/dir) and a database in production"
+        )
 
 
 class Settings(BaseSettings):
@@ -67,7 +107,38 @@ class Settings(BaseSettings):
     # database connection in time, database unreachable.
     retry_after: int = Field(default=1, ge=1, le=3600)
 
+    # Unset: GET /metrics on the app's own port. Set: only on this port (on HOST), served by a
+    # small listener of its own, so that the public port does not expose them (0: any free port).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
     debug_token: SecretStr | None = None
+{%- if cookiecutter.auth == "bearer" %}
+
+    # Bearer JWTs of callers (auth/): the issuer (`iss`) and audience (`aud`) a token must
+    # carry, and the identity provider's JWKS, loaded at startup (within AUTH_JWKS_TIMEOUT) and
+    # refreshed in the background every AUTH_JWKS_REFRESH_INTERVAL seconds, or sooner when a
+    # token names an unknown key, at most once per AUTH_JWKS_MIN_REFRESH_GAP. Required in
+    # production; unset elsewhere, every protected route answers 401. AUTH_ALGORITHMS may only
+    # name asymmetric algorithms; AUTH_LEEWAY is the clock skew tolerated on exp/nbf/iat.
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_jwks_url: HttpUrl | None = None
+    auth_algorithms: frozenset[str] = frozenset({"RS256", "ES256"})
+    auth_leeway: float = Field(default=30.0, ge=0, le=120)
+    auth_jwks_timeout: float = Field(default=2.0, gt=0)
+    auth_jwks_refresh_interval: float = Field(default=300.0, gt=0)
+    auth_jwks_min_refresh_gap: float = Field(default=30.0, ge=0)
+{%- endif %}
+    # /docs, /redoc and /openapi.json, with the docs' scripts served by the service itself (no
+    # CDN). Unset: on in development and test, off in production, where the schema is a map of
+    # every route for whoever asks.
+    docs_enabled: bool | None = None
+    # The largest request body accepted (1 MiB); a larger one is 413 before it is read (see
+    # body_limit.py). Size it to the largest valid request, with room to spare: every body in
+    # flight may take this much memory, times ADMISSION_LIMIT.
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # The largest upstream answer read (1 MiB); a larger one is a 502, read no further.
+    upstream_max_body_bytes: int = Field(default=1_048_576, ge=1)
     asyncio_debug: bool = False
     slow_callback_seconds: float = Field(default=0.1, gt=0)
     loop_lag_warning_seconds: float = Field(default=0.2, gt=0)
@@ -106,6 +177,28 @@ class Settings(BaseSettings):
             )
         return value
 
+{%- if cookiecutter.auth == "bearer" %}
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: frozenset[str]) -> frozenset[str]:
+        # Never `none`, never HS*: an HMAC "secret" checked against a public JWKS key is a key
+        # every client can read (the classic algorithm-confusion forgery).
+        refused = sorted(value - ASYMMETRIC_ALGORITHMS)
+        if refused or not value:
+            raise ValueError(
+                f"AUTH_ALGORITHMS may only name {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+                f" (refused: {', '.join(refused) or 'an empty list'})"
+            )
+        return value
+
+    @field_validator("auth_issuer", "auth_audience", "auth_jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes `${AUTH_ISSUER:-}` as an empty string: that is "unset", named as such.
+        return None if value == "" else value
+{%- endif %}
+
     @field_validator("debug_token")
     @classmethod
     def _empty_token_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
@@ -121,6 +214,11 @@ class Settings(BaseSettings):
                 ("DATABASE_URL", self.database_url),
                 ("PREFERENCES_URL", self.preferences_url),
                 ("NOTIFIER_URL", self.notifier_url),
+{%- if cookiecutter.auth == "bearer" %}
+                ("AUTH_ISSUER", self.auth_issuer),
+                ("AUTH_AUDIENCE", self.auth_audience),
+                ("AUTH_JWKS_URL", self.auth_jwks_url),
+{%- endif %}
             )
             if value is None
         ]
@@ -129,7 +227,18 @@ class Settings(BaseSettings):
                 f"{', '.join(missing)} must be set when ENVIRONMENT=production "
                 "(the embedded database and the demo upstream are for development only)"
             )
+        if self.database_url is not None:
+            _check_production_database_url(self.database_url.get_secret_value())
+        if self.debug_token is not None:
+            _check_production_debug_token(self.debug_token.get_secret_value())
         return self
+
+    @property
+    def serves_docs(self) -> bool:
+        """DOCS_ENABLED, or (unset) everywhere but production."""
+        if self.docs_enabled is None:
+            return self.environment != "production"
+        return self.docs_enabled
 
     @property
     def admission_slots(self) -> int:

@@ -73,6 +73,11 @@ class TaskSupervisor:
         self._logger = logger or _default_logger
         self._tasks: dict[asyncio.Task[Any], _Tracked] = {}
         self._closed = False
+        # Running totals for whoever watches the process (metrics read them; nothing here
+        # depends on them): tasks started, tasks that failed, tasks cut off by ``drain``.
+        self.started_total = 0
+        self.failed_total = 0
+        self.abandoned_total = 0
 
     @property
     def pending(self) -> int:
@@ -133,6 +138,7 @@ class TaskSupervisor:
                 done, _ = await asyncio.wait(set(self._tasks), timeout=remaining)
                 drained += len(done)
             left = set(self._tasks)
+            self.abandoned_total += len(left)
             for task in left:
                 self._logger.warning(
                     "background task %r still running after the %g s grace period; cancelling",
@@ -171,11 +177,14 @@ class TaskSupervisor:
         tracked = _Tracked(name, context, _loggable_values(context))
         task = asyncio.get_running_loop().create_task(coro, name=name, context=context)
         self._tasks[task] = tracked
+        self.started_total += 1
         task.add_done_callback(self._on_done, context=context)
         return task, tracked
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         tracked = self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            self.failed_total += 1
         if tracked is not None and tracked.report:
             self._log_failure(task, tracked)
 

@@ -234,9 +234,13 @@ class LoopLagMonitor:
         interval: float = 0.1,
         threshold: float = 0.1,
         logger: logging.Logger | None = None,
+        on_sample: Callable[[float], None] | None = None,
     ) -> None:
         self.interval = interval
         self.threshold = threshold
+        # Called with every lag measured (a metrics histogram, say); it runs on the loop, so it
+        # must be quick and must not raise.
+        self._on_sample = on_sample
         self._logger = logger or _default_logger
         self._task: asyncio.Task[None] | None = None
         self.current_lag = 0.0
@@ -277,6 +281,8 @@ class LoopLagMonitor:
             lag = max(0.0, loop.time() - planned)
             self.current_lag = lag
             self.peak_lag = max(self.peak_lag, lag)
+            if self._on_sample is not None:
+                self._on_sample(lag)
             if lag >= self.threshold:
                 self._logger.warning(
                     "event loop lag %.3f s (something blocked the loop)",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response, status
+from fastapi import APIRouter, Depends, Header, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,9 +37,12 @@ from ..resources import Resources
 from ..upstream.calls import UpstreamTimeoutError
 from .deps import ResourcesDep, SessionDep
 from .schemas import (
+    PAGE_DEFAULT,
+    AfterCursor,
     Dashboard,
     OrderCreate,
     OrderOut,
+    PageLimit,
     Section,
     SectionError,
     Summary,
@@ -67,7 +70,8 @@ async def create_user(body: UserCreate, session: SessionDep) -> UserOut:
         # Flush here, not at commit, so the duplicate is reported with a precise message.
         await session.flush()
     except IntegrityError as error:
-        raise ConflictError(f"a user with email {body.email!r} already exists") from error
+        # The address is not echoed: the client knows it, and the answer may be logged.
+        raise ConflictError("a user with this email already exists") from error
     await session.refresh(user)
     return UserOut.model_validate(user)
 
@@ -161,27 +165,44 @@ async def create_order(
 
 
 @router.get("/{user_id}/orders")
-async def list_orders(user: ExistingUser, session: SessionDep) -> list[OrderOut]:
-    return [OrderOut.model_validate(order) for order in await orders_of(session, user.id)]
+async def list_orders(
+    *,
+    user: ExistingUser,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: PageLimit = PAGE_DEFAULT,
+    after: AfterCursor = 0,
+) -> list[OrderOut]:
+    """A page of the user's orders, oldest first. The body stays the plain list it always was;
+    when more follow, ``X-Next-Cursor`` and a ``Link: <...>; rel="next"`` header say where."""
+    page = await orders_of(session, user.id, limit=limit, after=after)
+    if page.next_after is not None:
+        following = request.url.include_query_params(limit=limit, after=page.next_after)
+        response.headers["X-Next-Cursor"] = str(page.next_after)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return [OrderOut.model_validate(order) for order in page.orders]
 
 
 def _sources(
-    resources: Resources, user_id: int
+    resources: Resources, user_id: int, orders_limit: int
 ) -> dict[str, Callable[[], Coroutine[Any, Any, Any]]]:
     # Each database source opens its own session: tasks running at once never share one.
     return {
         "user": lambda: read_user(resources.sessionmaker, user_id),
-        "orders": lambda: read_orders(resources.sessionmaker, user_id),
+        "orders": lambda: read_orders(resources.sessionmaker, user_id, limit=orders_limit),
         "preferences": lambda: resources.upstreams.preferences(user_id),
         "notifications": lambda: resources.upstreams.recent_notifications(user_id),
     }
 
 
 @router.get("/{user_id}/dashboard")
-async def dashboard(user_id: UserIdPath, resources: ResourcesDep) -> Dashboard:
+async def dashboard(
+    user_id: UserIdPath, resources: ResourcesDep, orders_limit: PageLimit = PAGE_DEFAULT
+) -> Dashboard:
     """All four sources at once; the first failure cancels the others and is the answer."""
     try:
-        values = await run_all(_sources(resources, user_id))
+        values = await run_all(_sources(resources, user_id, orders_limit))
     except FanoutError as error:
         if isinstance(error.cause, ServiceError):
             raise error.cause from error  # 404 user, 502 upstream, 504 upstream deadline
@@ -190,7 +211,8 @@ async def dashboard(user_id: UserIdPath, resources: ResourcesDep) -> Dashboard:
         raise
     return Dashboard(
         user=UserOut.model_validate(values["user"]),
-        orders=[OrderOut.model_validate(order) for order in values["orders"]],
+        orders=[OrderOut.model_validate(order) for order in values["orders"].orders],
+        orders_next_cursor=values["orders"].next_after,
         preferences=values["preferences"],
         notifications=values["notifications"],
     )
@@ -204,9 +226,11 @@ def _section_error(error: Exception) -> SectionError:
 
 
 @router.get("/{user_id}/summary")
-async def summary(user_id: UserIdPath, resources: ResourcesDep) -> Summary:
+async def summary(
+    user_id: UserIdPath, resources: ResourcesDep, orders_limit: PageLimit = PAGE_DEFAULT
+) -> Summary:
     """The same sources, partial: each failed section is reported, the rest still served."""
-    outcomes = await run_settled(_sources(resources, user_id))
+    outcomes = await run_settled(_sources(resources, user_id, orders_limit))
     match outcomes.pop("user"):
         case Ok(value=user):
             pass
@@ -219,7 +243,7 @@ async def summary(user_id: UserIdPath, resources: ResourcesDep) -> Summary:
         match outcome:
             case Ok(value=value):
                 data = (
-                    [OrderOut.model_validate(order) for order in value]
+                    [OrderOut.model_validate(order) for order in value.orders]
                     if name == "orders"
                     else value
                 )

@@ -22,12 +22,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from ..settings import PACKAGE_NAME, Settings
 
@@ -87,14 +89,38 @@ def set_timeouts_in_every_transaction(engine: AsyncEngine, settings: Settings) -
     event.listen(engine.sync_engine, "begin", set_local_timeouts)
 
 
+class MeasuredPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's async queue pool, counting what its own API does not tell: how many
+    checkouts found every connection taken and had to wait, and how many of those waits ran out
+    (``DB_POOL_TIMEOUT``). The counts are for metrics; the pool behaves exactly as its parent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.waits_total = 0
+        self.timeouts_total = 0
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        if 0 <= self._max_overflow <= self._overflow and self._pool.empty():
+            self.waits_total += 1
+        try:
+            return super()._do_get()
+        except PoolTimeoutError:
+            self.timeouts_total += 1
+            raise
+
+
 def create_engine(settings: Settings, url: str) -> AsyncEngine:
     engine = create_async_engine(
         url,
+        poolclass=MeasuredPool,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         pool_pre_ping=True,
+        # A failed statement's error names its SQL, not its values: emails and names stay
+        # out of the log (and out of whatever collects the log).
+        hide_parameters=True,
         connect_args=connect_args(settings),
     )
     if settings.db_pgbouncer:

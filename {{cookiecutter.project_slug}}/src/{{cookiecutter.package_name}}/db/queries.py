@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,9 +20,29 @@ async def load_user(session: AsyncSession, user_id: int) -> User:
     return user
 
 
-async def orders_of(session: AsyncSession, user_id: int) -> Sequence[Order]:
-    result = await session.scalars(select(Order).where(Order.user_id == user_id).order_by(Order.id))
-    return result.all()
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    """Up to ``limit`` orders, oldest first, and where the next page starts (None: none)."""
+
+    orders: Sequence[Order]
+    next_after: int | None
+
+
+async def orders_of(
+    session: AsyncSession, user_id: int, *, limit: int, after: int = 0
+) -> OrderPage:
+    """A page of the user's orders with an id above ``after`` (a keyset cursor: each page costs
+    the same however deep it is, and an order placed meanwhile neither repeats nor skips one).
+    One row more than asked tells whether another page follows."""
+    query = (
+        select(Order)
+        .where(Order.user_id == user_id, Order.id > after)
+        .order_by(Order.id)
+        .limit(limit + 1)
+    )
+    rows = (await session.scalars(query)).all()
+    page = rows[:limit]
+    return OrderPage(page, page[-1].id if len(rows) > limit else None)
 
 
 async def load_order(session: AsyncSession, order_id: int) -> Order:
@@ -50,7 +71,7 @@ async def read_user(sessionmaker: async_sessionmaker[AsyncSession], user_id: int
 
 
 async def read_orders(
-    sessionmaker: async_sessionmaker[AsyncSession], user_id: int
-) -> Sequence[Order]:
+    sessionmaker: async_sessionmaker[AsyncSession], user_id: int, *, limit: int
+) -> OrderPage:
     async with transaction(sessionmaker) as session:
-        return await orders_of(session, user_id)
+        return await orders_of(session, user_id, limit=limit)

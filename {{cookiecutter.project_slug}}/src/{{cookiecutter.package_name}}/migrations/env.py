@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.db.engine import WITHOUT_STATEMENT_CACHES
-from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli
+from {{ cookiecutter.package_name }}.db.migrate import database_url_for_cli, lock_migrations
 from {{ cookiecutter.package_name }}.schema import metadata
 
 target_metadata = metadata
@@ -41,6 +41,9 @@ class PgBouncerSwitch(BaseSettings):
 def run_with_connection(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
+        # Before alembic reads the current revision: a second migrator waits here, then reads
+        # the revision the first one committed (see db/migrate.py).
+        lock_migrations(connection)
         context.run_migrations()
 
 

@@ -36,6 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db.session import transaction
 from ..logs import request_id_var
+{%- if cookiecutter.tracing == "opentelemetry" %}
+from ..observability.tracing import trace_context_of
+{%- endif %}
 from ..settings import Settings
 from .models import DEAD
 from .store import Claimed, claim_due, claim_one, mark_delivered, mark_failed, purge_delivered
@@ -120,6 +123,11 @@ class OutboxDispatcher:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # What this process did, for metrics: sends that landed, failed sends scheduled again,
+        # and messages set aside as dead (how many wait in the table: ``count_by_status``).
+        self.delivered_total = 0
+        self.retried_total = 0
+        self.dead_total = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -192,6 +200,15 @@ class OutboxDispatcher:
         return len(batch)
 
     async def _attempt(self, claimed: Claimed) -> bool:
+{%- if cookiecutter.tracing == "opentelemetry" %}
+        # Every attempt, the first one right after the commit and each retry from the poller
+        # (of this process or another replica, after a restart too), continues the trace of
+        # the request that wrote the message: its context is stored in the row.
+        with trace_context_of(claimed.trace_context):
+            return await self._attempt_in_trace(claimed)
+
+    async def _attempt_in_trace(self, claimed: Claimed) -> bool:
+{%- endif %}
         # The request that wrote the message: on the log lines of its delivery, and for whatever
         # reads the current request id while sending.
         token = request_id_var.set(claimed.request_id)
@@ -201,6 +218,7 @@ class OutboxDispatcher:
                 if error is None:
                     async with transaction(self._sessionmaker) as session:
                         await mark_delivered(session, claimed.id)
+                    self.delivered_total += 1
                 else:
                     await self._record_failure(claimed, error)
             except Exception as record_error:  # noqa: BLE001 - logged; the lease brings it back
@@ -240,6 +258,7 @@ class OutboxDispatcher:
             )
         extra = {"outbox_id": claimed.id, "topic": claimed.topic, "attempt": claimed.attempts}
         if status == DEAD:
+            self.dead_total += 1
             self._logger.error(
                 "outbox message %d (%s) is dead after %d attempts; last error: %s",
                 claimed.id,
@@ -249,6 +268,7 @@ class OutboxDispatcher:
                 extra=extra,
             )
         elif status is not None:
+            self.retried_total += 1
             self._logger.warning(
                 "outbox message %d (%s): attempt %d failed (%s); next attempt in %.2f s",
                 claimed.id,

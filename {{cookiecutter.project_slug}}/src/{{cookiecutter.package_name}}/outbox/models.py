@@ -44,6 +44,10 @@ class OutboxMessage(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     # The request that wrote the message, so its delivery can be traced back to it.
     request_id: Mapped[str | None] = mapped_column(String(100))
+{%- if cookiecutter.tracing == "opentelemetry" %}
+    # The trace of that request (propagation headers), continued by every delivery attempt.
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+{%- endif %}
     status: Mapped[str] = mapped_column(String(16), server_default=PENDING)
     attempts: Mapped[int] = mapped_column(server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(

@@ -18,6 +18,9 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+{% if cookiecutter.tracing == "opentelemetry" -%}
+from ..observability.tracing import current_trace_context
+{% endif -%}
 from .models import DEAD, DELIVERED, PENDING, OutboxMessage
 
 # The longest error text kept on a row: enough to say what failed, not a whole HTML error page.
@@ -33,6 +36,9 @@ class Claimed:
     payload: dict[str, Any]
     request_id: str | None
     attempts: int  # counting the attempt about to be made
+{%- if cookiecutter.tracing == "opentelemetry" %}
+    trace_context: dict[str, str] | None = None
+{%- endif %}
 
 
 async def enqueue(
@@ -45,7 +51,18 @@ async def enqueue(
     """
     statement = (
         insert(OutboxMessage)
+{%- if cookiecutter.tracing == "opentelemetry" %}
+        # The current trace goes with the message: its delivery continues it, even from
+        # another process hours later (observability/tracing.py).
+        .values(
+            topic=topic,
+            payload=payload,
+            request_id=request_id,
+            trace_context=current_trace_context(),
+        )
+{%- else %}
         .values(topic=topic, payload=payload, request_id=request_id)
+{%- endif %}
         .returning(OutboxMessage.id)
     )
     message_id: int = (await session.execute(statement)).scalar_one()
@@ -66,6 +83,9 @@ async def _claim(session: AsyncSession, picked: Select[Any], lease: float) -> li
             OutboxMessage.payload,
             OutboxMessage.request_id,
             OutboxMessage.attempts,
+{%- if cookiecutter.tracing == "opentelemetry" %}
+            OutboxMessage.trace_context,
+{%- endif %}
         )
         .execution_options(synchronize_session=False)
     )
@@ -154,3 +174,14 @@ async def purge_delivered(session: AsyncSession, *, older_than: float, limit: in
         .execution_options(synchronize_session=False)
     )
     return len(result.all())
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    """How many messages are in each state (pending and dead are what an operator watches)."""
+    rows = await session.execute(
+        select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)
+    )
+    counts = dict.fromkeys((PENDING, DELIVERED, DEAD), 0)
+    for status, count in rows:
+        counts[status] = count
+    return counts

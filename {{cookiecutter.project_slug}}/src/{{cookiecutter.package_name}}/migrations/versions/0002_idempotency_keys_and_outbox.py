@@ -48,6 +48,9 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(100), nullable=False),
         sa.Column("payload", postgresql.JSONB(), nullable=False),
         sa.Column("request_id", sa.String(100), nullable=True),
+{%- if cookiecutter.tracing == "opentelemetry" %}
+        sa.Column("trace_context", postgresql.JSONB(), nullable=True),
+{%- endif %}
         sa.Column("status", sa.String(16), server_default="pending", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column(
