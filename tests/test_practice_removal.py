@@ -262,9 +262,10 @@ REMOVALS = {
         path=source("api/users.py"),
         rewrites=(
             ('        "user": lambda: read_user(resources.sessionmaker, user_id),\n'
-             '        "orders": lambda: read_orders(resources.sessionmaker, user_id),\n',
+             '        "orders": lambda: read_orders(resources.sessionmaker, user_id, '
+             "limit=orders_limit),\n",
              '        "user": lambda: load_user(shared, user_id),\n'
-             '        "orders": lambda: orders_of(shared, user_id),\n'),
+             '        "orders": lambda: orders_of(shared, user_id, limit=orders_limit),\n'),
             ("    # Each database source opens its own session: tasks running at once never "
              "share one.\n",
              "    shared = resources.sessionmaker()\n"),
