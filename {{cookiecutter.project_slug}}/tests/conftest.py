@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 {% if cookiecutter.auth == "bearer" -%}
 from .identity_provider import IdentityProvider
+from .service_process import admin_headers, session_provider, set_session_provider
 {% endif -%}
 from .upstream_server import ScriptedUpstream
 
@@ -131,6 +132,10 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # refused when a busy machine is slow: only the overload tests set a short wait.
         "admission_timeout": 30.0,
     }
+{%- if cookiecutter.auth == "bearer" %}
+    # auth=bearer: the app trusts the session's identity provider unless a test says otherwise.
+    values.update(session_provider().settings())
+{%- endif %}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -144,11 +149,16 @@ def settings(database_url: str, identity_provider: IdentityProvider) -> Settings
     return make_settings(database_url, **identity_provider.settings())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 async def identity_provider() -> AsyncIterator[IdentityProvider]:
-    """A real JWKS server on 127.0.0.1 and the keys that sign the tests' tokens."""
+    """A real JWKS server on 127.0.0.1 and the keys that sign the tests' tokens; every app and
+    process the tests start trusts it (see `make_settings`, `running_app`, `running_service`)."""
     async with IdentityProvider() as provider:
-        yield provider
+        set_session_provider(provider)
+        try:
+            yield provider
+        finally:
+            set_session_provider(None)
 {%- else %}
 
 
@@ -199,9 +209,21 @@ async def upstream() -> AsyncIterator[ScriptedUpstream]:
 async def running_app(settings: Settings) -> AsyncIterator[tuple[httpx2.AsyncClient, Resources]]:
     """The app with its lifespan, a client for it, and what the lifespan yielded."""
     application = create_app(settings)
+{%- if cookiecutter.auth == "bearer" %}
+    # auth=bearer: the client of an app that trusts the session's identity provider sends its
+    # admin token; an app trusting another provider (the auth tests') gets a bare client.
+    trusted = str(settings.auth_jwks_url) == session_provider().jwks_url
+    headers = admin_headers() if trusted else {}
+{%- endif %}
     async with LifespanManager(application) as manager:
         transport = httpx2.ASGITransport(app=manager.app)
+{%- if cookiecutter.auth == "bearer" %}
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://service.test", headers=headers
+        ) as http:
+{%- else %}
         async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
+{%- endif %}
             yield http, resources_of(manager)
 
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
+{%- if cookiecutter.auth == "bearer" %}
+
+from .service_process import admin_headers
+{%- endif %}
 
 
 class ServerClosedConnection(ConnectionError):  # noqa: N818 - named for what happened
@@ -59,6 +63,10 @@ class KeepAliveConnection:
     ) -> Answer:
         body = b"" if json_body is None else json.dumps(json_body).encode()
         lines = [f"{method} {path} HTTP/1.1", f"host: {self._host}"]
+{%- if cookiecutter.auth == "bearer" %}
+        # auth=bearer: an admin caller's token unless the test sends its own Authorization.
+        headers = {**admin_headers(), **(headers or {})}
+{%- endif %}
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         if json_body is not None:
             lines += ["content-type: application/json", f"content-length: {len(body)}"]

@@ -15,12 +15,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
+{%- if cookiecutter.auth == "bearer" %}
+
+from .identity_provider import IdentityProvider
+{%- endif %}
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_VARIABLES = (
     "DATABASE_URL", "ENVIRONMENT", "HOST", "PORT", "PREFERENCES_URL", "NOTIFIER_URL",
     "UPSTREAM_TIMEOUT", "REQUEST_TIMEOUT", "DB_STATEMENT_TIMEOUT", "SHUTDOWN_GRACE", "DEBUG_TOKEN",
 )  # fmt: skip
+
+
+{%- if cookiecutter.auth == "bearer" %}
+# auth=bearer: the identity provider of the test session (set by conftest's session fixture).
+# The apps and processes the tests start trust it; their clients send its admin token.
+_session_provider: list[IdentityProvider] = []
+
+
+def set_session_provider(provider: IdentityProvider | None) -> None:
+    _session_provider[:] = [] if provider is None else [provider]
+
+
+def session_provider() -> IdentityProvider:
+    assert _session_provider, "the session's identity provider is not running"
+    return _session_provider[0]
+
+
+def admin_headers() -> dict[str, str]:
+    """The Authorization header of an admin caller (who may act on every user)."""
+    return {"authorization": f"Bearer {session_provider().admin_token()}"}
+
+
+def auth_environment() -> dict[str, str]:
+    """The AUTH_* variables of a process that trusts the session's identity provider."""
+    provider = session_provider()
+    return {"AUTH_ISSUER": provider.issuer, "AUTH_AUDIENCE": provider.audience,
+            "AUTH_JWKS_URL": provider.jwks_url}  # fmt: skip
+{%- else %}
+
+
+def admin_headers() -> dict[str, str]:
+    """The headers that authenticate a test's client: none, this service has no auth."""
+    return {}
+
+
+def auth_environment() -> dict[str, str]:
+    """The variables that make a process trust the tests' tokens: none, it has no auth."""
+    return {}
+{%- endif %}
 
 
 def free_port() -> int:
@@ -38,6 +81,10 @@ class ServiceProcess:
 
     def log_records(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.stderr_lines if line.strip()]
+
+    def client(self, timeout: float = 5.0) -> httpx2.AsyncClient:
+        """A client of the process that authenticates as every client of the tests does."""
+        return httpx2.AsyncClient(base_url=self.base_url, timeout=timeout, headers=admin_headers())
 
     async def wait_for_exit(self, seconds: float) -> int:
         async with asyncio.timeout(seconds):
@@ -62,6 +109,10 @@ async def running_service(
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
     env.update({"HOST": "127.0.0.1", "PORT": str(port), "GC_FREEZE": "false"})
+{%- if cookiecutter.auth == "bearer" %}
+    # auth=bearer: the process trusts the session's identity provider unless told otherwise.
+    env.update(auth_environment())
+{%- endif %}
     paths = [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")]
     command = ["-m", "{{ cookiecutter.package_name }}"]
     if app_factory is not None:

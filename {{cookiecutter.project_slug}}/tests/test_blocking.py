@@ -34,6 +34,7 @@ from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import resources_of
+from .service_process import admin_headers
 
 Service = tuple[httpx2.AsyncClient, Resources]
 BLOCK_SECONDS = 0.5
@@ -74,7 +75,9 @@ async def routed(settings: Settings, timeline: Timeline) -> AsyncIterator[Servic
         # raise_app_exceptions: an exception that got past the app's error path would reach the
         # test as itself (none does: see errors.py).
         transport = httpx2.ASGITransport(app=manager.app, raise_app_exceptions=True)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://service.test", headers=admin_headers()
+        ) as http:
             yield http, resources_of(manager)
 
 

@@ -32,7 +32,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .disconnect_app import report_email
-from .service_process import CONTRACT_VARIABLES, PROJECT_ROOT, free_port
+from .service_process import (
+    CONTRACT_VARIABLES,
+    PROJECT_ROOT,
+    admin_headers,
+    auth_environment,
+    free_port,
+)
 
 APP_FACTORY = "tests.disconnect_app:create_app_with_disconnect_routes"
 STEPS = 20
@@ -86,6 +92,7 @@ async def uvicorn_server(database_url: str) -> AsyncIterator[DisconnectServer]:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
     env.update({"ENVIRONMENT": "test", "DATABASE_URL": database_url, "GC_FREEZE": "false"})
+    env.update(auth_environment())  # auth=bearer: it trusts the tests' tokens
     env["REQUEST_TIMEOUT"] = "30"  # far beyond any test: the service's deadline stays out of it
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT), env.get("PYTHONPATH")])
@@ -96,7 +103,9 @@ async def uvicorn_server(database_url: str) -> AsyncIterator[DisconnectServer]:
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None
-    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    async with httpx2.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=5, headers=admin_headers()
+    ) as http:
         server = DisconnectServer("127.0.0.1", port, http)
         collector = asyncio.create_task(_collect(process.stderr, server.stderr_lines))
         try:
@@ -124,8 +133,10 @@ class RawRequest:
 
 async def send_request(server: DisconnectServer, method: str, target: str) -> RawRequest:
     reader, writer = await asyncio.open_connection(server.host, server.port)
+    credentials = "".join(f"{name}: {value}\r\n" for name, value in admin_headers().items())
     writer.write(
-        f"{method} {target} HTTP/1.1\r\nHost: {server.host}\r\nContent-Length: 0\r\n\r\n".encode()
+        f"{method} {target} HTTP/1.1\r\nHost: {server.host}\r\n{credentials}"
+        "Content-Length: 0\r\n\r\n".encode()
     )
     await writer.drain()
     return RawRequest(reader, writer)

@@ -25,6 +25,7 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.observability.metrics import UNMATCHED_ROUTE
 
 from .conftest import make_settings, running_app, upstream_settings
+from .service_process import admin_headers
 from .upstream_server import ScriptedUpstream
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -173,7 +174,9 @@ async def test_pool_waits_and_timeouts_are_counted(database_url: str, empty_tabl
 
 @pytest.mark.allow_blocking
 async def test_loop_lag_shows_a_blocked_loop(settings: Any, empty_tables: None) -> None:
-    blocked_for = 0.3
+    # Longer than the 0.25 s bucket plus one beat interval: the blocked beat lands above the
+    # bucket whatever phase the beats are at when the block starts.
+    blocked_for = 0.4
     async with running_app(settings) as (http, resources):
         await asyncio.sleep(resources.loop_lag.interval * 3)  # a few normal beats first
         time.sleep(blocked_for)  # noqa: ASYNC251 - the blocking call the metric must reveal
@@ -229,7 +232,9 @@ async def test_metrics_port_moves_metrics_off_the_main_port(
     application = create_app(make_settings(database_url, metrics_port=0))
     async with LifespanManager(application) as manager:
         transport = httpx2.ASGITransport(app=manager.app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://svc.test") as http:
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://svc.test", headers=admin_headers()
+        ) as http:
             assert (await http.get("/health/live")).status_code == 200
             main_port = await http.get("/metrics")
         port = application.state.metrics_server.port
@@ -278,7 +283,9 @@ async def test_pitfall_labelling_by_raw_path_makes_a_series_per_user(
                 by_path.labels(scope["path"]).observe(time.perf_counter() - started)
 
         transport = httpx2.ASGITransport(app=naive_middleware)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://svc.test") as http:
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://svc.test", headers=admin_headers()
+        ) as http:
             ids = await create_users(http, 5)
             for user_id in ids:
                 await http.get(f"/users/{user_id}")

@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import make_settings, resources_of, running_app
+from .service_process import admin_headers
 from .upstream_server import ScriptedUpstream
 
 BACKGROUND_LOGGER = "{{ cookiecutter.package_name }}.background"
@@ -128,7 +129,9 @@ def add_unshielded_route(app: FastAPI) -> None:
 async def serving(app: FastAPI) -> AsyncIterator[tuple[httpx2.AsyncClient, Resources]]:
     async with LifespanManager(app) as manager:
         transport = httpx2.ASGITransport(app=manager.app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as http:
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://service.test", headers=admin_headers()
+        ) as http:
             yield http, resources_of(manager)
 
 

@@ -69,7 +69,7 @@ async def _kill_while_notifying(
 ) -> int:
     """Place an order through ``path``, wait until its notification has reached the (hanging)
     notifier, and SIGKILL the process right then. Returns the order's id."""
-    async with httpx2.AsyncClient(base_url=service.base_url, timeout=10) as client:
+    async with service.client(timeout=10) as client:
         user_id = await _new_user(client)
         placed = await client.post(path.format(user_id=user_id), json=ORDER)
     assert placed.status_code == 201, placed.text
@@ -108,8 +108,8 @@ async def test_two_replicas_send_each_notification_exactly_once(
     async with (
         running_service(environment) as first,
         running_service(environment) as second,
-        httpx2.AsyncClient(base_url=first.base_url, timeout=10) as to_first,
-        httpx2.AsyncClient(base_url=second.base_url, timeout=10) as to_second,
+        first.client(timeout=10) as to_first,
+        second.client(timeout=10) as to_second,
     ):
         # A backlog that both pollers find due at the same moment (as after an outage) ...
         async with db_engine.begin() as connection:

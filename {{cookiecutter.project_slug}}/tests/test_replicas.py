@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx2
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -69,8 +68,8 @@ async def test_an_idempotency_key_holds_across_two_replicas(
     async with (
         running_service(environment) as first,
         running_service(environment) as second,
-        httpx2.AsyncClient(base_url=first.base_url, timeout=10) as to_first,
-        httpx2.AsyncClient(base_url=second.base_url, timeout=10) as to_second,
+        first.client(timeout=10) as to_first,
+        second.client(timeout=10) as to_second,
     ):
         created = await to_first.post("/users", json={"email": "rep@example.com", "name": "R"})
         path = f"/users/{created.json()['id']}/orders"

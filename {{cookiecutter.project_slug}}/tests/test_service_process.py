@@ -7,15 +7,13 @@ import importlib.util
 import signal
 from pathlib import Path
 
-import httpx2
-
 from .service_process import running_service
 
 
 async def test_sigterm_stops_the_service_with_exit_code_0(database_url: str) -> None:
     environment = {"ENVIRONMENT": "test", "DATABASE_URL": database_url, "SHUTDOWN_GRACE": "5"}
     async with running_service(environment, ready_path="/health/ready") as service:
-        async with httpx2.AsyncClient(base_url=service.base_url) as client:
+        async with service.client() as client:
             created = await client.post("/users", json={"email": "p@example.com", "name": "P"})
             assert created.status_code in {201, 409}
 
@@ -37,7 +35,7 @@ async def test_development_runs_on_the_embedded_postgres_with_migrations(tmp_pat
     data_dir = tmp_path / "pgdata"
     environment = {"ENVIRONMENT": "development", "EMBEDDED_POSTGRES_DIR": str(data_dir)}
     async with running_service(environment, ready_path="/health/ready") as service:
-        async with httpx2.AsyncClient(base_url=service.base_url) as client:
+        async with service.client() as client:
             created = await client.post("/users", json={"email": "dev@example.com", "name": "D"})
             fetched = await client.get(f"/users/{created.json()['id']}")
             order = await client.post(

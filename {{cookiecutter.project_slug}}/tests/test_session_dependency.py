@@ -27,6 +27,7 @@ from {{ cookiecutter.package_name }}.resources import Resources
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import idle_in_transaction, resources_of, running_app
+from .service_process import admin_headers
 
 # The same dependency with FastAPI's default scope: exit code after the response is sent.
 LateCommitSessionDep = Annotated[AsyncSession, Depends(transactional_session, scope="request")]
@@ -84,7 +85,9 @@ async def routed(
         # Like a real server: an exception raised after the response started is logged by the
         # server, while the client keeps the response it already received.
         transport = httpx2.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with httpx2.AsyncClient(
+            transport=transport, base_url="http://t", headers=admin_headers()
+        ) as client:
             await client.get("/health/live")
             yield client, resources_of(manager)
 

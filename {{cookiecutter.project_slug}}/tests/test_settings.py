@@ -68,6 +68,12 @@ def test_production_runs_with_the_three_urls(clean_environment: pytest.MonkeyPat
     clean_environment.setenv("DATABASE_URL", "postgresql+asyncpg://u:p@db/app")
     clean_environment.setenv("PREFERENCES_URL", "http://prefs")
     clean_environment.setenv("NOTIFIER_URL", "http://notifier")
+{%- if cookiecutter.auth == "bearer" %}
+    # auth=bearer: production also needs its identity provider (tests/test_auth.py).
+    clean_environment.setenv("AUTH_ISSUER", "https://idp.example.test/")
+    clean_environment.setenv("AUTH_AUDIENCE", "orders-api")
+    clean_environment.setenv("AUTH_JWKS_URL", "https://idp.example.test/.well-known/jwks.json")
+{%- endif %}
 
     settings = Settings()
 

@@ -78,7 +78,7 @@ async def test_sigusr1_logs_the_tasks_of_a_request_in_flight(
     upstream.script("preferences", "delay", seconds=1.5)
     async with (
         running_service(environment) as service,
-        httpx2.AsyncClient(base_url=service.base_url, timeout=10) as client,
+        service.client(timeout=10) as client,
     ):
         request = await _dashboard_in_flight(client, upstream)
 
@@ -106,7 +106,7 @@ async def test_sigusr2_writes_every_threads_stack_and_the_service_keeps_serving(
 ) -> None:
     async with (
         running_service(_environment(database_url, upstream)) as service,
-        httpx2.AsyncClient(base_url=service.base_url, timeout=10) as client,
+        service.client(timeout=10) as client,
     ):
         service.process.send_signal(signal.SIGUSR2)
 
@@ -128,7 +128,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(
     upstream.script("preferences", "delay", seconds=1.0)
     async with (
         running_service(environment) as service,
-        httpx2.AsyncClient(base_url=service.base_url, timeout=10) as client,
+        service.client(timeout=10) as client,
     ):
         request = await _dashboard_in_flight(client, upstream)
 
@@ -157,7 +157,7 @@ async def test_pitfall_a_request_longer_than_the_grace_is_cut_at_shutdown(
     upstream.script("preferences", "delay", seconds=4.0)
     async with (
         running_service(environment) as service,
-        httpx2.AsyncClient(base_url=service.base_url, timeout=10) as client,
+        service.client(timeout=10) as client,
     ):
         request = await _dashboard_in_flight(client, upstream)
 
@@ -206,7 +206,7 @@ async def test_shutdown_fits_in_one_budget_with_requests_and_background_work_in_
     upstream.script("preferences", "hang")
     async with (
         running_service(environment) as service,
-        httpx2.AsyncClient(base_url=service.base_url, timeout=60) as client,
+        service.client(timeout=60) as client,
     ):
         user_id = await _new_user(client)
         placed = await client.post(f"/users/{user_id}/orders", json={"item": "pen", "quantity": 1})
