@@ -509,8 +509,8 @@ REMOVALS = {
         practice=19,
         path=source("errors.py"),
         rewrites=(
-            ("                await self._send_answer(send, answer)\n",
-             "                await self._send_answer(send, answer)\n            raise\n"),
+            ("                await response(scope, receive, send)\n",
+             "                await response(scope, receive, send)\n            raise\n"),
         ),
         proofs=(
             "tests/test_error_mapping.py::test_an_unexpected_error_is_a_500_logged_once_and_the_connection_stays_open",

@@ -47,7 +47,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -59,13 +58,12 @@ from pathlib import Path
 from typing import IO
 
 import httpx2
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from harness import free_port, migrate, service_environment, throwaway_database
+from sqlalchemy import make_url
 
 from {{ cookiecutter.package_name }}.db.embedded import asyncpg_url, start_embedded_postgres
 from {{ cookiecutter.package_name }}.settings import PACKAGE_NAME
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Variables of the service's contract that must come from this script, not the caller's shell.
 CONTRACT_VARIABLES = (
     "DATABASE_URL", "ENVIRONMENT", "HOST", "PORT", "PREFERENCES_URL", "NOTIFIER_URL",
@@ -75,7 +73,6 @@ CONTRACT_VARIABLES = (
 WARMUP_SECONDS = 1.0
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-MIGRATE_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 10.0
 # Bounds on the traffic whatever the options say: per client, and past the planned duration.
 MAX_REQUESTS_PER_CLIENT = 200_000
@@ -116,57 +113,6 @@ class RunResult:
     requests: int
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def service_environment(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
-    # Works from a source checkout without installing the package.
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")])
-    )
-    env.update(values)
-    return env
-
-
-async def migrate(database_url: str, log: IO[bytes]) -> None:
-    env = service_environment(ENVIRONMENT="test", DATABASE_URL=database_url)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", PACKAGE_NAME, "migrate",
-        env=env, stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(MIGRATE_TIMEOUT):
-            code = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if code != 0:
-        raise RuntimeError(f"python -m {PACKAGE_NAME} migrate exited with {code}")
-
-
-@contextlib.asynccontextmanager
-async def throwaway_database(server_url: str) -> AsyncIterator[str]:
-    """A database of this run alone on a shared server, dropped at the end."""
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
-
-
 async def _wait_until_ready(process: asyncio.subprocess.Process, base_url: str) -> None:
     async with (
         asyncio.timeout(STARTUP_TIMEOUT),
@@ -192,6 +138,7 @@ async def running_service(
     port = free_port()
     service = Service(f"http://127.0.0.1:{port}", secrets.token_urlsafe(16))
     env = service_environment(
+        CONTRACT_VARIABLES,
         ENVIRONMENT="test",
         DATABASE_URL=database_url,
         HOST="127.0.0.1",
@@ -313,7 +260,7 @@ async def run_benchmark(
         database_url = server_url
         if shared_server:
             database_url = await stack.enter_async_context(throwaway_database(server_url))
-        await migrate(database_url, log)
+        await migrate(database_url, log, CONTRACT_VARIABLES)
         results = []
         for gc_freeze in (False, True):
             async with running_service(database_url, gc_freeze=gc_freeze, log=log) as service:

@@ -52,7 +52,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -64,13 +63,12 @@ from pathlib import Path
 from typing import IO
 
 import httpx2
-from sqlalchemy import make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from harness import free_port, migrate, service_environment, throwaway_database
+from sqlalchemy import make_url
 
 from {{ cookiecutter.package_name }}.db.embedded import asyncpg_url, start_embedded_postgres
 from {{ cookiecutter.package_name }}.settings import PACKAGE_NAME, Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Variables that must come from this script, not from the caller's shell.
 CONTROLLED_VARIABLES = (
     "DATABASE_URL", "ENVIRONMENT", "HOST", "PORT", "PREFERENCES_URL", "NOTIFIER_URL",
@@ -83,7 +81,6 @@ WARMUP_SECONDS = 1.0
 CLIENT_TIMEOUT = 10.0
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-MIGRATE_TIMEOUT = 120.0
 NO_ADMISSION = 100_000  # an ADMISSION_LIMIT no crowd here reaches: the gate never refuses
 # Bounds on the traffic whatever the options say: per client, and past the planned duration.
 MAX_REQUESTS_PER_CLIENT = 200_000
@@ -115,54 +112,6 @@ class Window:
         return len(self.ok) / self.elapsed if self.elapsed else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def service_environment(**values: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in CONTROLLED_VARIABLES}
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(PROJECT_ROOT / "src"), env.get("PYTHONPATH")])
-    )
-    env.update(values)
-    return env
-
-
-async def migrate(database_url: str, log: IO[bytes]) -> None:
-    env = service_environment(ENVIRONMENT="test", DATABASE_URL=database_url)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", PACKAGE_NAME, "migrate", env=env, stdout=log, stderr=log
-    )
-    try:
-        async with asyncio.timeout(MIGRATE_TIMEOUT):
-            code = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    if code != 0:
-        raise RuntimeError(f"python -m {PACKAGE_NAME} migrate exited with {code}")
-
-
-@contextlib.asynccontextmanager
-async def throwaway_database(server_url: str) -> AsyncIterator[str]:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
-
-
 @contextlib.asynccontextmanager
 async def running_service(
     database_url: str, log: IO[bytes], **settings: str
@@ -170,6 +119,7 @@ async def running_service(
     """The service on a free port of 127.0.0.1; yields (host, port). SIGTERM at the end."""
     port = free_port()
     env = service_environment(
+        CONTROLLED_VARIABLES,
         ENVIRONMENT="test",
         DATABASE_URL=database_url,
         HOST="127.0.0.1",
@@ -365,7 +315,7 @@ async def run_benchmark(
         database_url = server_url
         if shared_server:
             database_url = await stack.enter_async_context(throwaway_database(server_url))
-        await migrate(database_url, log)
+        await migrate(database_url, log, CONTROLLED_VARIABLES)
         runs = [(REFERENCE_CLIENTS, "reference")]
         runs += [(plan.pool * multiple, f"{multiple}x pool") for multiple in POOL_MULTIPLES]
         windows = []

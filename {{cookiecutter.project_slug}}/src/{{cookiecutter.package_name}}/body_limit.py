@@ -20,12 +20,10 @@ not consuming, so memory stays bounded, and it closes the connection after the a
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body
+from .errors import error_response
 
 CLOSE = (b"connection", b"close")
 
@@ -60,7 +58,7 @@ class BodyLimitMiddleware:
             return
         declared = declared_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
         received = 0
 
@@ -93,15 +91,10 @@ class BodyLimitMiddleware:
             # Read by a part of the app that has no handler for it (a mounted app, say).
             if response_started:
                 raise
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"the request body is larger than {self.max_bytes} bytes"
-        body = json.dumps(error_body("payload_too_large", message)).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            CLOSE,  # the body is not read: the connection cannot carry another request
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        # The body is not read: the connection cannot carry another request.
+        response = error_response(413, "payload_too_large", message, {"connection": "close"})
+        await response(scope, receive, send)

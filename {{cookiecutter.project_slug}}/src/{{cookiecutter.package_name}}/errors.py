@@ -23,7 +23,6 @@ does not re-raise has none of these faults.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -292,15 +291,9 @@ class ErrorMiddleware:
             answer = answer_for(error)
             _log(answer, error, scope, response_started)
             if not response_started:
-                await self._send_answer(send, answer)
-
-    async def _send_answer(self, send: Send, answer: ErrorAnswer) -> None:
-        body = json.dumps(error_body(answer.code, answer.message)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if answer.retry_later:
-            headers.append((b"retry-after", b"%d" % self.retry_after))
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+                headers = {"retry-after": str(self.retry_after)} if answer.retry_later else None
+                response = error_response(answer.status, answer.code, answer.message, headers)
+                await response(scope, receive, send)
 
 
 def _log(answer: ErrorAnswer, error: Exception, scope: Scope, response_started: bool) -> None:

@@ -18,6 +18,7 @@ the server connection's next client. ``application_name`` is a parameter PgBounc
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -107,6 +108,12 @@ class MeasuredPool(AsyncAdaptedQueuePool):
         except PoolTimeoutError:
             self.timeouts_total += 1
             raise
+
+
+# SQLAlchemy names a pool's logger after its class and keeps its own loggers at WARNING; a
+# subclass defined here logs under this package instead, and would print "Pool disposed" and
+# "Pool recreating" at every shutdown. Keep it as quiet as SQLAlchemy's own pool.
+logging.getLogger(f"{MeasuredPool.__module__}.{MeasuredPool.__name__}").setLevel(logging.WARNING)
 
 
 def create_engine(settings: Settings, url: str) -> AsyncEngine:
