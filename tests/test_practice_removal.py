@@ -568,7 +568,7 @@ REMOVALS = {
         ),
     ),
     "auth-without-audience-check": Removal(
-        practice=27,
+        practice=28,
         path=source("auth/tokens.py"),
         rewrites=(
             ("                audience=self.audience,\n", ""),
@@ -578,7 +578,7 @@ REMOVALS = {
         answers=BEARER,
     ),
     "auth-without-subject-check": Removal(
-        practice=27,
+        practice=28,
         path=source("app.py"),
         rewrites=(
             ("app.include_router(users.router, dependencies=[Depends(authorize_user_access)])",
@@ -591,7 +591,7 @@ REMOVALS = {
         answers=BEARER,
     ),
     "auth-allow-list-instead-of-default-deny": Removal(
-        practice=27,
+        practice=28,
         path=source("auth/middleware.py"),
         rewrites=(
             ('if scope["type"] != "http" or is_public(scope["path"], self.public_paths):',
@@ -601,7 +601,7 @@ REMOVALS = {
         answers=BEARER,
     ),
     "jwks-without-background-refresh": Removal(
-        practice=27,
+        practice=28,
         path=source("auth/setup.py"),
         rewrites=(("    keys.start()\n", ""),),
         proofs=(
@@ -610,7 +610,7 @@ REMOVALS = {
         answers=BEARER,
     ),
     "jwks-drops-its-keys-when-a-refresh-fails": Removal(
-        practice=27,
+        practice=28,
         path=source("auth/jwks.py"),
         rewrites=(
             ("            return False",
@@ -705,8 +705,50 @@ REMOVALS = {
             "tests/test_replicas.py::test_two_concurrent_migrate_commands_apply_the_schema_once",
         ),
     ),
-    "outbox-row-without-the-trace-context": Removal(
+    "reads-in-a-transaction": Removal(
         practice=26,
+        path=source("db/reads.py"),
+        rewrites=(
+            ('            await connection.execution_options(isolation_level="AUTOCOMMIT")\n', ""),
+        ),
+        proofs=(
+            "tests/test_read_path.py::test_a_read_is_one_round_trip_with_no_transaction_around_it",
+        ),
+    ),
+    "reads-not-run-again-after-a-lost-connection": Removal(
+        practice=26,
+        path=source("db/reads.py"),
+        rewrites=(
+            ("            if not error.connection_invalidated:\n                raise\n",
+             "            raise\n"),
+        ),
+        proofs=(
+            "tests/test_read_path.py::test_reads_right_after_a_database_restart_all_succeed",
+        ),
+    ),
+    "pre-ping-on-every-checkout": Removal(
+        practice=26,
+        path=source("db/engine.py"),
+        rewrites=(
+            ("        # No pool_pre_ping: see ping_connections_idle_for and the module docstring.\n",
+             "        pool_pre_ping=True,\n"),
+            ("    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)\n", ""),
+        ),
+        proofs=(
+            "tests/test_read_path.py::test_a_read_is_one_round_trip_with_no_transaction_around_it",
+            "tests/test_read_path.py::test_a_busy_connection_is_not_pinged_and_writes_keep_their_transaction",
+        ),
+    ),
+    "no-ping-after-idleness": Removal(
+        practice=26,
+        path=source("db/engine.py"),
+        rewrites=(("    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)\n", ""),),
+        proofs=(
+            "tests/test_read_path.py::test_a_write_after_a_quiet_spell_and_a_restart_succeeds",
+        ),
+    ),
+    "outbox-row-without-the-trace-context": Removal(
+        practice=27,
         path=source("outbox/store.py"),
         rewrites=(("            trace_context=current_trace_context(),\n", ""),),
         proofs=(

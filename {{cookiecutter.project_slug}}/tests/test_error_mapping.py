@@ -205,9 +205,14 @@ async def test_a_connection_the_database_drops_is_503_and_the_next_request_is_se
         user_id = await new_user(connection)
         failing, following = new_request_id(), new_request_id()
 
+        # A write: a read that loses its connection is run again on a new one instead
+        # (db/reads.py, tests/test_read_path.py), and here it would wait for the lock again.
+        order = {"item": "teapot", "quantity": 1}
         async with users_table_locked(db_engine):
             request = asyncio.create_task(
-                connection.request("GET", f"/users/{user_id}", headers=failing)
+                connection.request(
+                    "POST", f"/users/{user_id}/orders", json_body=order, headers=failing
+                )
             )
             [pid] = await backends_waiting_for_a_lock(db_engine, 1)
             async with db_engine.connect() as admin:

@@ -301,10 +301,12 @@ async def test_a_notification_is_dead_after_the_maximum_attempts(
     gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
     for gap, ceiling in zip(gaps, ceilings(max_attempts, BASE, cap), strict=True):
         assert gap <= ceiling + POLL + SLACK
-    dead = [record for record in caplog.records if record.levelno == logging.ERROR]
+    # The outbox's own records: on a busy machine the loop-lag monitor may warn too.
+    records = [record for record in caplog.records if record.name == OUTBOX_LOGGER]
+    dead = [record for record in records if record.levelno == logging.ERROR]
     assert [getattr(record, "outbox_id", None) for record in dead] == [row["id"]]
     assert f"dead after {max_attempts} attempts" in dead[0].getMessage()
-    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    warnings = [record for record in records if record.levelno == logging.WARNING]
     assert len(warnings) == max_attempts - 1  # one per failed attempt that was retried
 
 

@@ -1,5 +1,5 @@
-"""The real server process: startup, JSON logs, SIGTERM exits 0, development on the embedded
-PostgreSQL with migrations applied at start."""
+"""The real server process: startup, JSON logs and the access log, SIGTERM exits 0, development
+on the embedded PostgreSQL with migrations applied at start."""
 
 from __future__ import annotations
 
@@ -52,3 +52,45 @@ async def test_development_runs_on_the_embedded_postgres_with_migrations(tmp_pat
     assert exit_code == 0
     # The service stopped the PostgreSQL it started.
     assert not (data_dir / "postmaster.pid").exists()
+
+
+async def test_each_request_is_one_structured_access_line_with_its_request_id(
+    database_url: str,
+) -> None:
+    environment = {"ENVIRONMENT": "test", "DATABASE_URL": database_url}
+    async with running_service(environment, ready_path="/health/ready") as service:
+        async with service.client() as client:
+            missing = await client.get("/users/999999999", headers={"X-Request-ID": "access-1"})
+            created = await client.post(
+                "/users",
+                json={"email": "access@example.com", "name": "A"},
+                headers={"X-Request-ID": "access-2"},
+            )
+        service.process.send_signal(signal.SIGTERM)
+        await service.wait_for_exit(15)
+
+    assert missing.status_code == 404
+    assert created.status_code in {201, 409}
+    records = service.log_records()
+    # uvicorn's own access log is off: one line per request, ours, with fields to filter on.
+    assert not [record for record in records if record["logger"] == "uvicorn.access"]
+    access = [record for record in records if str(record["logger"]).endswith(".access")]
+    by_id = {record.get("request_id"): record for record in access}
+    assert len([record for record in access if record.get("request_id") == "access-1"]) == 1
+    assert by_id["access-1"]["message"] == "GET /users/999999999 404"
+    assert (by_id["access-1"]["method"], by_id["access-1"]["status"]) == ("GET", 404)
+    assert by_id["access-1"]["path"] == "/users/999999999"
+    assert isinstance(by_id["access-1"]["duration_ms"], float)
+    assert by_id["access-2"]["status"] == created.status_code
+
+
+async def test_access_log_false_writes_no_access_line(database_url: str) -> None:
+    environment = {"ENVIRONMENT": "test", "DATABASE_URL": database_url, "ACCESS_LOG": "false"}
+    async with running_service(environment, ready_path="/health/ready") as service:
+        async with service.client() as client:
+            assert (await client.get("/users/999999999")).status_code == 404
+        service.process.send_signal(signal.SIGTERM)
+        await service.wait_for_exit(15)
+
+    records = service.log_records()
+    assert not [record for record in records if str(record["logger"]).endswith("access")]

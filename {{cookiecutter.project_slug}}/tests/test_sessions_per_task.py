@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from {{ cookiecutter.package_name }}.db.engine import create_sessionmaker
+from {{ cookiecutter.package_name }}.db.engine import create_engine, create_sessionmaker
 from {{ cookiecutter.package_name }}.resources import Resources
 
-from .conftest import idle_in_transaction, running_app, upstream_settings
+from .conftest import idle_in_transaction, make_settings, running_app, upstream_settings
 from .upstream_server import ScriptedUpstream
 
 Service = tuple[httpx2.AsyncClient, Resources]
@@ -95,6 +95,11 @@ async def test_one_dashboard_holds_a_connection_per_database_source(
     created = await client.post("/users", json={"email": "one@example.com", "name": "One"})
     user_id = created.json()["id"]
 
+    # Two connections open in the pool first: a source that had to open one would still be
+    # connecting when the other finished, and the two would not overlap for reasons of timing.
+    async with resources.engine.connect() as first, resources.engine.connect() as second:
+        await first.execute(text("SELECT 1"))
+        await second.execute(text("SELECT 1"))
     # One request alone, so that two connections at once can only come from its two database
     # sources running side by side, each in a session of its own.
     with peak_checkouts(resources.engine) as watcher:
@@ -123,10 +128,12 @@ async def test_a_session_per_task_lets_statements_overlap(db_engine: AsyncEngine
 
 
 @pytest.mark.pitfall
-async def test_pitfall_one_session_shared_by_concurrent_tasks_fails(
-    db_engine: AsyncEngine,
-) -> None:
-    session = create_sessionmaker(db_engine)()
+async def test_pitfall_one_session_shared_by_concurrent_tasks_fails(database_url: str) -> None:
+    # A pool with no connection yet: the first statement's checkout has to connect (an await),
+    # which is when the second task finds the session busy. A pooled connection would be handed
+    # out without a pause, and the two statements would queue instead (the next pitfall).
+    engine = create_engine(make_settings(database_url), database_url)
+    session = create_sessionmaker(engine)()
 
     async def two_statements_at_once() -> None:
         async with asyncio.TaskGroup() as group:
@@ -138,10 +145,12 @@ async def test_pitfall_one_session_shared_by_concurrent_tasks_fails(
             await two_statements_at_once()
     finally:
         await session.close()
+        checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+        await engine.dispose()
 
     # The second task found the session halfway through opening its connection for the first.
     assert caught.group_contains(exc.InvalidRequestError, match="concurrent operations")
-    assert db_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert checked_out == 0
 
 
 @pytest.mark.pitfall

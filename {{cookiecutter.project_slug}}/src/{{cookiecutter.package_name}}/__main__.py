@@ -74,6 +74,8 @@ def _serve(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         server_header=False,
+        # RequestIdMiddleware writes the access log: structured, with the request id, cheaper.
+        access_log=False,
     )
     watchdog = ExitWatchdog(settings.shutdown_grace + EXIT_MARGIN)
     server = BudgetedServer(config, app.state.shutdown_budget, watchdog)

@@ -33,6 +33,7 @@ from .db.embedded import asyncpg_url, start_embedded_postgres
 from .db.engine import create_engine, create_sessionmaker
 from .db.idempotency import delete_expired_keys
 from .db.migrate import upgrade_database
+from .db.reads import Reader
 from .errors import ErrorMiddleware, install_error_handlers
 from .logs import request_id_var
 from .observability.metrics import MetricsMiddleware, ServiceMetrics, StateSources
@@ -159,6 +160,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
+            reader=Reader(engine, needs_transaction=settings.db_pgbouncer),
             http=http,
             upstreams=upstreams,
             supervisor=supervisor,
@@ -249,6 +251,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ErrorMiddleware, retry_after=settings.retry_after)
     # Outside the error middleware, so it times every answer (503s of shed requests, 500s).
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    # Added last, so it is outermost: every response and log line carries the request id.
-    app.add_middleware(RequestIdMiddleware)
+    # Added last, so it is outermost: every response and log line carries the request id, and
+    # the access log line (ACCESS_LOG) sees the status the client got and the whole duration.
+    access_log = logging.getLogger(f"{__package__}.access") if settings.access_log else None
+    app.add_middleware(RequestIdMiddleware, access_log=access_log)
     return app

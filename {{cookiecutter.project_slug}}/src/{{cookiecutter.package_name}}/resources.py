@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .aio.background import TaskSupervisor
 from .aio.debug import LoopLagMonitor
+from .db.reads import Reader
 from .outbox.dispatcher import OutboxDispatcher
 from .settings import Settings
 from .upstream.calls import Upstreams
@@ -25,6 +26,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    reader: Reader  # reads without a transaction (db/reads.py)
     http: httpx2.AsyncClient
     upstreams: Upstreams
     supervisor: TaskSupervisor

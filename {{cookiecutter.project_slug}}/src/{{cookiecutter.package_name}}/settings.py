@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One JSON line per request (method, path, status, duration, request id); turn it off where
+    # a proxy or load balancer in front already logs every request.
+    access_log: bool = True
 
     # Unset outside production: an embedded PostgreSQL is started (see db/embedded.py).
     database_url: SecretStr | None = None
@@ -75,8 +78,11 @@ class Settings(BaseSettings):
 
     # Pool and connection limits. Explicit, because the defaults are rarely what a
     # service under load wants, and every wait must have an end.
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    # A fixed pool by default: an overflow connection is closed when it is returned and the pool
+    # is full, so a load that swings around the pool size opens and closes server connections
+    # (a process fork on the server each) all the time.
+    db_pool_size: int = Field(default=15, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_pool_recycle: float = Field(default=1800.0, gt=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)

@@ -1,4 +1,4 @@
-"""Dependency aliases for routers (``SessionDep``, ``ResourcesDep``)."""
+"""Dependency aliases for routers (``SessionDep``, ``ReaderDep``, ``ResourcesDep``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.reads import Reader
 from ..db.session import transaction
 from ..resources import ResourcesDep, get_resources
 
-__all__ = ["ResourcesDep", "SessionDep", "transactional_session"]
+__all__ = ["ReaderDep", "ResourcesDep", "SessionDep", "transactional_session"]
 
 
 async def transactional_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -23,3 +24,14 @@ async def transactional_session(request: Request) -> AsyncIterator[AsyncSession]
 # scope="function": the commit runs when the endpoint returns, before the response is sent,
 # so a failing commit becomes an error response instead of a 201 for data that is gone.
 SessionDep = Annotated[AsyncSession, Depends(transactional_session, scope="function")]
+
+
+async def reader(request: Request) -> Reader:
+    # Not a yield dependency: a read holds a connection only while its statement runs, so there
+    # is nothing to close when the endpoint returns (and no exit stack to pay for).
+    resources = await get_resources(request)
+    return resources.reader
+
+
+# For endpoints that only read: no transaction, one round trip per statement (db/reads.py).
+ReaderDep = Annotated[Reader, Depends(reader)]

@@ -21,6 +21,7 @@ from ..aio.settled import Failed, Ok, run_settled
 from ..db.idempotency import claim_key, parse_idempotency_key, record_key, request_fingerprint
 from ..db.models import User
 from ..db.queries import (
+    find_user,
     insert_order,
     load_order,
     load_user,
@@ -35,7 +36,8 @@ from ..outbox.models import ORDER_NOTIFICATION
 from ..outbox.store import enqueue
 from ..resources import Resources
 from ..upstream.calls import UpstreamTimeoutError
-from .deps import ResourcesDep, SessionDep
+from .deps import ReaderDep, ResourcesDep, SessionDep
+from .responses import json_response
 from .schemas import (
     PAGE_DEFAULT,
     AfterCursor,
@@ -76,9 +78,13 @@ async def create_user(body: UserCreate, session: SessionDep) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.get("/{user_id}")
-async def get_user(user: ExistingUser) -> UserOut:
-    return UserOut.model_validate(user)
+@router.get("/{user_id}", response_model=UserOut)
+async def get_user(user_id: UserIdPath, reader: ReaderDep) -> Response:
+    # The hot path: one statement outside any transaction, the columns validated once into the
+    # model and written as JSON bytes; FastAPI sends a Response as it is, without validating
+    # and serializing the value a second time (response_model keeps the OpenAPI schema).
+    row = await find_user(reader, user_id)
+    return json_response(UserOut.model_validate(row))
 
 
 IdempotencyKeyHeader = Annotated[

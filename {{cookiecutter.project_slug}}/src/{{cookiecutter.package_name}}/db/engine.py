@@ -1,7 +1,12 @@
 """Create the engine with every limit explicit, and the session factory.
 
-Pool: a bounded pool whose waits end (``pool_timeout``), connections checked before use
-(``pool_pre_ping``) and replaced before server or proxy idle limits cut them (``pool_recycle``).
+Pool: a bounded pool whose waits end (``pool_timeout``), connections replaced before server or
+proxy idle limits cut them (``pool_recycle``), and checked before use only when they sat idle for
+``PING_AFTER_IDLE_SECONDS``: SQLAlchemy's ``pool_pre_ping`` would spend a round trip (three,
+inside its own BEGIN and ROLLBACK) on every checkout, which under load is most of a short read's
+cost, and a busy connection was in use a moment ago. A connection that dies in use anyway is
+reported as a disconnect: SQLAlchemy then replaces every connection of the pool that is older,
+and reads retry once (``db/reads.py``).
 
 Connection: the server enforces ``statement_timeout`` and ``idle_in_transaction_session_timeout``,
 which fail a statement cleanly and keep the connection usable; asyncpg's ``command_timeout`` is
@@ -19,10 +24,12 @@ the server connection's next client. ``application_name`` is a parameter PgBounc
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -35,6 +42,11 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from ..settings import PACKAGE_NAME, Settings
 
 BACKSTOP_MARGIN_SECONDS = 1.0
+# A connection idle this long is pinged before use. Under load no connection waits that long in
+# the pool, so the busy path pays nothing; after a quiet spell (when a failover or a proxy's
+# idle timeout may have cut it) the ping costs one round trip that nobody is waiting behind.
+PING_AFTER_IDLE_SECONDS = 1.0
+_RETURNED_AT = "returned_at"
 
 
 def _milliseconds(seconds: float) -> str:
@@ -90,6 +102,32 @@ def set_timeouts_in_every_transaction(engine: AsyncEngine, settings: Settings) -
     event.listen(engine.sync_engine, "begin", set_local_timeouts)
 
 
+def ping_connections_idle_for(engine: AsyncEngine, seconds: float) -> None:
+    """Ping a pooled connection at checkout when it was returned ``seconds`` ago or more; when
+    the ping finds the server gone, replace it and every older connection of the pool, as
+    ``pool_pre_ping`` does, and hand out a new one."""
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    def remember_return(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        returned_at = record.info.pop(_RETURNED_AT, None)
+        if returned_at is None or time.monotonic() - returned_at < seconds:
+            return  # new, or in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            # The pool discards every connection older than this one and checks out anew.
+            raise InvalidatePoolError from error
+
+    event.listen(pool, "checkin", remember_return)
+    event.listen(pool, "checkout", ping_if_idle)
+
+
 class MeasuredPool(AsyncAdaptedQueuePool):
     """SQLAlchemy's async queue pool, counting what its own API does not tell: how many
     checkouts found every connection taken and had to wait, and how many of those waits ran out
@@ -124,12 +162,13 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        # No pool_pre_ping: see ping_connections_idle_for and the module docstring.
         # A failed statement's error names its SQL, not its values: emails and names stay
         # out of the log (and out of whatever collects the log).
         hide_parameters=True,
         connect_args=connect_args(settings),
     )
+    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)
     if settings.db_pgbouncer:
         set_timeouts_in_every_transaction(engine, settings)
     return engine
