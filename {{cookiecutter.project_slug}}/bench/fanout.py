@@ -35,13 +35,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+
+from harness import machine_load
 
 from {{ cookiecutter.package_name }}.aio.fanout import run_all
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -60,7 +61,8 @@ class DelayedUpstream:
     """An HTTP/1.1 server on 127.0.0.1 that answers every request after ``delay`` seconds.
 
     Connections are kept alive, as the service's client expects. It speaks just enough HTTP for
-    the upstream contract: ``/notifications`` answers a JSON list, every other path an object.
+    the upstream contract: ``/notifications`` answers a JSON list, ``/preferences/<id>`` the
+    preferences of that user, every other path an empty object.
     """
 
     def __init__(self, delay: float) -> None:
@@ -117,7 +119,12 @@ class DelayedUpstream:
             if name.strip().lower() == "content-length":
                 await reader.readexactly(int(value))
         await asyncio.sleep(self.delay)
-        body = b"[]" if target.startswith("/notifications?") else b"{}"
+        body = b"{}"
+        if target.startswith("/notifications?"):
+            body = b"[]"
+        elif target.startswith("/preferences/"):  # what the service's schema requires
+            user_id = int(target.removeprefix("/preferences/").partition("?")[0])
+            body = b'{"user_id": %d, "language": "en"}' % user_id
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(body), body)
@@ -195,17 +202,6 @@ async def run_benchmark(seconds: float) -> list[Row]:
             )
             rows.append(await measure("HTTP (loopback)", upstream_sources(upstreams), rounds))
     return rows
-
-
-def machine_load() -> str:
-    """The 1-minute load average against the core count: how much else ran meanwhile."""
-    if not hasattr(os, "getloadavg"):  # Unix only
-        return ""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return ""
-    return f" (load average {load:.1f} on {os.cpu_count()} cores)"
 
 
 def format_table(rows: Sequence[Row]) -> str:

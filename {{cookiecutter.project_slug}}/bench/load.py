@@ -44,25 +44,27 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import os
 import secrets
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import httpx2
-from harness import free_port, migrate, service_environment, throwaway_database
-from sqlalchemy import make_url
-
-from {{ cookiecutter.package_name }}.db.embedded import asyncpg_url, start_embedded_postgres
-from {{ cookiecutter.package_name }}.settings import PACKAGE_NAME
+from harness import (
+    MAX_REQUESTS_PER_CLIENT,
+    OVERRUN_SECONDS,
+    WARMUP_SECONDS,
+    Run,
+    machine_load,
+    migrated_database,
+    run_in_temporary_folder,
+)
+from harness import running_service as service_process
 
 # Variables of the service's contract that must come from this script, not the caller's shell.
 CONTRACT_VARIABLES = (
@@ -70,13 +72,7 @@ CONTRACT_VARIABLES = (
     "UPSTREAM_TIMEOUT", "REQUEST_TIMEOUT", "DB_STATEMENT_TIMEOUT", "SHUTDOWN_GRACE", "DEBUG_TOKEN",
     "GC_FREEZE", "LOG_LEVEL",
 )  # fmt: skip
-WARMUP_SECONDS = 1.0
-STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 10.0
-# Bounds on the traffic whatever the options say: per client, and past the planned duration.
-MAX_REQUESTS_PER_CLIENT = 200_000
-OVERRUN_SECONDS = 30.0
 USER_PATH = "/users/<id>"
 
 
@@ -113,56 +109,24 @@ class RunResult:
     requests: int
 
 
-async def _wait_until_ready(process: asyncio.subprocess.Process, base_url: str) -> None:
-    async with (
-        asyncio.timeout(STARTUP_TIMEOUT),
-        httpx2.AsyncClient(base_url=base_url, timeout=2.0) as client,
-    ):
-        while True:
-            if process.returncode is not None:
-                raise RuntimeError(f"the service exited with {process.returncode} at startup")
-            with contextlib.suppress(httpx2.TransportError):
-                if (await client.get("/health/ready")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-
-
 @contextlib.asynccontextmanager
 async def running_service(
     database_url: str, *, gc_freeze: bool, log: IO[bytes]
 ) -> AsyncIterator[Service]:
     """Run the service in a process of its own, on a free port of 127.0.0.1.
 
-    Stopped with SIGTERM at the end (SIGKILL if it has not exited within ``STOP_TIMEOUT``).
+    Stopped with SIGTERM at the end (SIGKILL past the harness's ``STOP_TIMEOUT``).
     """
-    port = free_port()
-    service = Service(f"http://127.0.0.1:{port}", secrets.token_urlsafe(16))
-    env = service_environment(
+    token = secrets.token_urlsafe(16)
+    async with service_process(
+        database_url,
+        log,
         CONTRACT_VARIABLES,
-        ENVIRONMENT="test",
-        DATABASE_URL=database_url,
-        HOST="127.0.0.1",
-        PORT=str(port),
-        DEBUG_TOKEN=service.debug_token,
+        DEBUG_TOKEN=token,
         GC_FREEZE=str(gc_freeze).lower(),
         SHUTDOWN_GRACE="2",
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", PACKAGE_NAME,
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
-    try:
-        await _wait_until_ready(process, service.base_url)
-        yield service
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    ) as (host, port):
+        yield Service(f"http://{host}:{port}", token)
 
 
 async def _client_loop(
@@ -253,31 +217,15 @@ async def measure(service: Service, label: str, client_count: int, seconds: floa
     )
 
 
-async def run_benchmark(
-    server_url: str, *, shared_server: bool, client_count: int, seconds: float, log: IO[bytes]
-) -> list[RunResult]:
-    async with contextlib.AsyncExitStack() as stack:
-        database_url = server_url
-        if shared_server:
-            database_url = await stack.enter_async_context(throwaway_database(server_url))
-        await migrate(database_url, log, CONTRACT_VARIABLES)
+async def run_benchmark(place: Run, client_count: int, seconds: float) -> list[RunResult]:
+    log = place.logs["service"]
+    async with migrated_database(place, log, CONTRACT_VARIABLES) as database_url:
         results = []
         for gc_freeze in (False, True):
             async with running_service(database_url, gc_freeze=gc_freeze, log=log) as service:
                 label = f"GC_FREEZE={str(gc_freeze).lower()}"
                 results.append(await measure(service, label, client_count, seconds))
         return results
-
-
-def machine_load() -> str:
-    """The 1-minute load average against the core count: how much else ran meanwhile."""
-    if not hasattr(os, "getloadavg"):  # Unix only
-        return ""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return ""
-    return f" (load average {load:.1f} on {os.cpu_count()} cores)"
 
 
 def _ratio(new: float, old: float) -> str:
@@ -325,46 +273,14 @@ def format_table(results: Sequence[RunResult], client_count: int, seconds: float
     return "\n".join(lines)
 
 
-def _as_asyncpg(url: str) -> str:
-    return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
-def _print_log_tail(path: Path, lines: int = 30) -> None:
-    with contextlib.suppress(OSError):
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
-        print(f"last lines of the service's log ({path.name}):", file=sys.stderr)
-        print("\n".join(tail), file=sys.stderr)
-
-
-def run_in_temporary_folder(client_count: int, seconds: float) -> list[RunResult]:
-    """The whole run; the folder holds the service's log and the embedded PostgreSQL."""
-    external = os.environ.get("TEST_DATABASE_URL")
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as folder:
-        log_path = Path(folder) / "service.log"
-        server = None
-        if external:
-            server_url = _as_asyncpg(external)
-        else:
-            # Blocking (initdb, then start): before the event loop runs, never inside it.
-            server = start_embedded_postgres(Path(folder) / "postgres")
-            server_url = asyncpg_url(server)
-        try:
-            with log_path.open("wb") as log:
-                return asyncio.run(
-                    run_benchmark(
-                        server_url,
-                        shared_server=bool(external),
-                        client_count=client_count,
-                        seconds=seconds,
-                        log=log,
-                    )
-                )
-        except Exception:
-            _print_log_tail(log_path)
-            raise
-        finally:
-            if server is not None:
-                server.cleanup()
+def run(client_count: int, seconds: float) -> list[RunResult]:
+    """The whole run, in a temporary folder that holds the log and the embedded PostgreSQL."""
+    return run_in_temporary_folder(
+        "bench-load-",
+        ["service"],
+        lambda place: run_benchmark(place, client_count, seconds),
+        uvloop=False,  # the clients run on asyncio's own loop, as they always have here
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -378,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # every `finally`: the service and the embedded PostgreSQL are stopped, not left behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        results = run_in_temporary_folder(args.clients, args.seconds)
+        results = run(args.clients, args.seconds)
     except KeyboardInterrupt:
         print("interrupted; the service and PostgreSQL have been stopped", file=sys.stderr)
         return 130
