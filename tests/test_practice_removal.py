@@ -709,7 +709,9 @@ REMOVALS = {
         practice=26,
         path=source("db/reads.py"),
         rewrites=(
-            ('            await connection.execution_options(isolation_level="AUTOCOMMIT")\n', ""),
+            ("                record = await driver.fetchrow(sql, *arguments)\n",
+             "                async with driver.transaction():\n"
+             "                    record = await driver.fetchrow(sql, *arguments)\n"),
         ),
         proofs=(
             "tests/test_read_path.py::test_a_read_is_one_round_trip_with_no_transaction_around_it",
@@ -719,9 +721,17 @@ REMOVALS = {
         practice=26,
         path=source("db/reads.py"),
         rewrites=(
-            ("            if not error.connection_invalidated:\n                raise\n",
-             "            raise\n"),
+            ("        except ConnectionLostError:\n            return await self._fetch_one(sql, arguments)\n",
+             "        except ConnectionLostError:\n            raise\n"),
         ),
+        proofs=(
+            "tests/test_read_path.py::test_reads_right_after_a_database_restart_all_succeed",
+        ),
+    ),
+    "older-connections-not-suspected-after-a-loss": Removal(
+        practice=26,
+        path=source("db/reads.py"),
+        rewrites=(("        self._liveness.connection_lost()\n", ""),),
         proofs=(
             "tests/test_read_path.py::test_reads_right_after_a_database_restart_all_succeed",
         ),
@@ -730,9 +740,9 @@ REMOVALS = {
         practice=26,
         path=source("db/engine.py"),
         rewrites=(
-            ("        # No pool_pre_ping: see ping_connections_idle_for and the module docstring.\n",
+            ("        # No pool_pre_ping: see LivenessCheck and the module docstring.\n",
              "        pool_pre_ping=True,\n"),
-            ("    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)\n", ""),
+            ("    (liveness or LivenessCheck()).install(engine)\n", ""),
         ),
         proofs=(
             "tests/test_read_path.py::test_a_read_is_one_round_trip_with_no_transaction_around_it",
@@ -742,7 +752,10 @@ REMOVALS = {
     "no-ping-after-idleness": Removal(
         practice=26,
         path=source("db/engine.py"),
-        rewrites=(("    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)\n", ""),),
+        rewrites=(
+            ("        if time.monotonic() - returned_at < self.idle_seconds and returned_at > self._lost_at:\n",
+             "        if True:\n"),
+        ),
         proofs=(
             "tests/test_read_path.py::test_a_write_after_a_quiet_spell_and_a_restart_succeeds",
         ),

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from {{ cookiecutter.package_name }} import app as app_module
 from {{ cookiecutter.package_name }}.db.engine import (
     WITHOUT_STATEMENT_CACHES,
+    LivenessCheck,
     connect_args,
     create_engine,
     set_timeouts_in_every_transaction,
@@ -160,8 +161,11 @@ async def test_concurrent_traffic_through_pgbouncer_has_no_errors(
     assert orders == CLIENTS * ROUNDS
 
 
-def engine_keeping_prepared_statements(settings: Settings, url: str) -> AsyncEngine:
-    """The half-done port: timeouts moved out of the startup parameters, caches left on."""
+def engine_keeping_prepared_statements(
+    settings: Settings, url: str, _liveness: LivenessCheck | None = None
+) -> AsyncEngine:
+    """The half-done port: timeouts moved out of the startup parameters, caches left on (and
+    pre-ping on every checkout, as such a port has)."""
     arguments = {
         key: value for key, value in connect_args(settings).items()
         if key not in WITHOUT_STATEMENT_CACHES

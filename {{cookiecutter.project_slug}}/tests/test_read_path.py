@@ -26,8 +26,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from {{ cookiecutter.package_name }}.api.schemas import UserOut
 from {{ cookiecutter.package_name }}.db import engine as engine_module
 from {{ cookiecutter.package_name }}.db.models import User
+from {{ cookiecutter.package_name }}.db.queries import USER_BY_ID
 from {{ cookiecutter.package_name }}.settings import PACKAGE_NAME, Settings
 
 from .conftest import make_settings, running_app
@@ -75,16 +77,6 @@ async def new_user(http: httpx2.AsyncClient) -> int:
     assert created.status_code == 201, created.text
     user_id: int = created.json()["id"]
     return user_id
-
-
-@pytest.fixture
-async def app_with_users(
-    settings: Settings, db_engine: AsyncEngine, empty_tables: None
-) -> AsyncIterator[tuple[httpx2.AsyncClient, datetime, list[int]]]:
-    """A running app with three users, and when it started (for terminating its connections)."""
-    started = await server_now(db_engine)
-    async with running_app(settings) as (http, _):
-        yield http, started, [await new_user(http) for _ in range(3)]
 
 
 @asynccontextmanager
@@ -137,18 +129,31 @@ async def test_pitfall_a_read_in_a_session_with_pre_ping_costs_six_round_trips(
 
 
 async def test_reads_right_after_a_database_restart_all_succeed(
-    db_engine: AsyncEngine, app_with_users: tuple[httpx2.AsyncClient, datetime, list[int]]
+    settings: Settings, db_engine: AsyncEngine, empty_tables: None
 ) -> None:
-    http, started, ids = app_with_users
-    # Several connections in the pool, all of them about to be cut.
-    warm = await asyncio.gather(*(http.get(f"/users/{ids[0]}") for _ in range(6)))
-    assert {answer.status_code for answer in warm} == {200}
-    assert await terminate_connections_opened_since(db_engine, started) >= 1
-    answers = await asyncio.gather(*(http.get(f"/users/{user_id}") for user_id in ids * 2))
+    started = await server_now(db_engine)
+    async with running_app(settings) as (http, resources):
+        ids = [await new_user(http) for _ in range(3)]
+        # Three connections in the pool, all of them about to be cut.
+        async with (
+            resources.engine.connect() as first,
+            resources.engine.connect() as second,
+            resources.engine.connect() as third,
+        ):
+            for connection in (first, second, third):
+                await connection.execute(text("SELECT 1"))
+        assert await terminate_connections_opened_since(db_engine, started) >= 3
+        # One after another: the second read must not get the next dead connection.
+        one_by_one = [await http.get(f"/users/{user_id}") for user_id in ids]
+        at_once = await asyncio.gather(*(http.get(f"/users/{user_id}") for user_id in ids * 2))
 
-    assert [answer.status_code for answer in answers] == [200] * len(ids) * 2, [
-        answer.text for answer in answers
-    ]
+    statuses = [answer.status_code for answer in [*one_by_one, *at_once]]
+    assert statuses == [200] * 9, [answer.text for answer in [*one_by_one, *at_once]]
+
+
+def test_the_hot_read_selects_the_columns_the_model_maps() -> None:
+    columns = USER_BY_ID.removeprefix("SELECT ").split(" FROM ")[0].split(", ")
+    assert set(columns) == set(User.__table__.columns.keys()) == set(UserOut.model_fields)
 
 
 @pytest.mark.pitfall

@@ -30,7 +30,7 @@ from .auth.setup import start_token_verifier
 {%- endif %}
 from .body_limit import BodyLimitMiddleware
 from .db.embedded import asyncpg_url, start_embedded_postgres
-from .db.engine import create_engine, create_sessionmaker
+from .db.engine import LivenessCheck, create_engine, create_sessionmaker
 from .db.idempotency import delete_expired_keys
 from .db.migrate import upgrade_database
 from .db.reads import Reader
@@ -87,7 +87,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     # The exit stack closes everything in reverse order of creation, on every path: background
     # work is drained first, while the client and the engine it uses are still open.
     async with AsyncExitStack() as stack:
-        engine = create_engine(settings, await _database_url(settings, stack))
+        liveness = LivenessCheck()
+        engine = create_engine(settings, await _database_url(settings, stack), liveness)
         stack.push_async_callback(engine.dispose)
         if settings.environment == "development":
             await upgrade_database(engine)
@@ -160,7 +161,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            reader=Reader(engine, needs_transaction=settings.db_pgbouncer),
+            reader=Reader(
+                engine,
+                liveness,
+                in_transaction=settings.db_pgbouncer,
+                # With tracing, SQLAlchemy's instrumentation must see the statement.
+                through_sqlalchemy={{ "True" if cookiecutter.tracing == "opentelemetry" else "False" }},
+            ),
             http=http,
             upstreams=upstreams,
             supervisor=supervisor,

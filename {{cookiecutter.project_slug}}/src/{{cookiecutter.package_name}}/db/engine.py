@@ -6,7 +6,7 @@ proxy idle limits cut them (``pool_recycle``), and checked before use only when 
 inside its own BEGIN and ROLLBACK) on every checkout, which under load is most of a short read's
 cost, and a busy connection was in use a moment ago. A connection that dies in use anyway is
 reported as a disconnect: SQLAlchemy then replaces every connection of the pool that is older,
-and reads retry once (``db/reads.py``).
+and reads run once more (``db/reads.py``).
 
 Connection: the server enforces ``statement_timeout`` and ``idle_in_transaction_session_timeout``,
 which fail a statement cleanly and keep the connection usable; asyncpg's ``command_timeout`` is
@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -102,20 +102,41 @@ def set_timeouts_in_every_transaction(engine: AsyncEngine, settings: Settings) -
     event.listen(engine.sync_engine, "begin", set_local_timeouts)
 
 
-def ping_connections_idle_for(engine: AsyncEngine, seconds: float) -> None:
-    """Ping a pooled connection at checkout when it was returned ``seconds`` ago or more; when
-    the ping finds the server gone, replace it and every older connection of the pool, as
-    ``pool_pre_ping`` does, and hand out a new one."""
-    pool = engine.sync_engine.pool
-    dialect = engine.sync_engine.dialect
+class LivenessCheck:
+    """Ping a pooled connection at checkout when it sat idle for ``idle_seconds`` or more
+    (``PING_AFTER_IDLE_SECONDS`` by default), or when it was returned before a connection was
+    last found lost (``connection_lost``). A ping that finds the server gone makes SQLAlchemy
+    replace that connection and every older one of the pool, as ``pool_pre_ping`` does, and
+    hand out a new one. ``install`` it on one engine."""
 
-    def remember_return(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    def __init__(self, idle_seconds: float | None = None) -> None:
+        self.idle_seconds = PING_AFTER_IDLE_SECONDS if idle_seconds is None else idle_seconds
+        self._lost_at = float("-inf")
+        self._dialect: Dialect | None = None
+
+    def connection_lost(self) -> None:
+        """A connection died in use (one SQLAlchemy did not see): suspect the older ones."""
+        self._lost_at = time.monotonic()
+
+    def install(self, engine: AsyncEngine) -> None:
+        self._dialect = engine.sync_engine.dialect
+        event.listen(engine.sync_engine.pool, "checkin", self._remember_return)
+        event.listen(engine.sync_engine.pool, "checkout", self._ping_if_suspect)
+
+    def _remember_return(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info[_RETURNED_AT] = time.monotonic()
 
-    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    def _ping_if_suspect(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any
+    ) -> None:
         returned_at = record.info.pop(_RETURNED_AT, None)
-        if returned_at is None or time.monotonic() - returned_at < seconds:
-            return  # new, or in use a moment ago
+        if returned_at is None:
+            return  # a new connection
+        if time.monotonic() - returned_at < self.idle_seconds and returned_at > self._lost_at:
+            return  # in use a moment ago, and nothing was lost since
+        dialect = self._dialect
+        if dialect is None:
+            raise RuntimeError("LivenessCheck.install() was not called")
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as error:
@@ -123,9 +144,6 @@ def ping_connections_idle_for(engine: AsyncEngine, seconds: float) -> None:
                 raise
             # The pool discards every connection older than this one and checks out anew.
             raise InvalidatePoolError from error
-
-    event.listen(pool, "checkin", remember_return)
-    event.listen(pool, "checkout", ping_if_idle)
 
 
 class MeasuredPool(AsyncAdaptedQueuePool):
@@ -154,7 +172,11 @@ class MeasuredPool(AsyncAdaptedQueuePool):
 logging.getLogger(f"{MeasuredPool.__module__}.{MeasuredPool.__name__}").setLevel(logging.WARNING)
 
 
-def create_engine(settings: Settings, url: str) -> AsyncEngine:
+def create_engine(
+    settings: Settings, url: str, liveness: LivenessCheck | None = None
+) -> AsyncEngine:
+    """The service's engine; ``liveness`` checks its idle and suspect connections (a new
+    ``LivenessCheck`` when not given: pass one to tell it about lost connections)."""
     engine = create_async_engine(
         url,
         poolclass=MeasuredPool,
@@ -162,13 +184,13 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        # No pool_pre_ping: see ping_connections_idle_for and the module docstring.
+        # No pool_pre_ping: see LivenessCheck and the module docstring.
         # A failed statement's error names its SQL, not its values: emails and names stay
         # out of the log (and out of whatever collects the log).
         hide_parameters=True,
         connect_args=connect_args(settings),
     )
-    ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)
+    (liveness or LivenessCheck()).install(engine)
     if settings.db_pgbouncer:
         set_timeouts_in_every_transaction(engine, settings)
     return engine

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..errors import NotFoundError
@@ -22,15 +22,14 @@ async def load_user(session: AsyncSession, user_id: int) -> User:
     return user
 
 
-# The hot read, built once: SQLAlchemy caches its compiled form by the statement's structure.
-USER_BY_ID = select(User.id, User.email, User.name, User.created_at).where(
-    User.id == bindparam("user_id")
-)
+# The hot read, on the driver's connection (db/reads.py): asyncpg's placeholders, the columns of
+# models.User. tests/test_read_path.py checks it against the model.
+USER_BY_ID = "SELECT id, email, name, created_at FROM users WHERE id = $1"
 
 
-async def find_user(reader: Reader, user_id: int) -> Row[tuple[int, str, str, datetime]]:
+async def find_user(reader: Reader, user_id: int) -> dict[str, Any]:
     """One user's columns, without a transaction (``db/reads.py``), or ``NotFoundError``."""
-    row = await reader.one_or_none(USER_BY_ID, {"user_id": user_id})
+    row = await reader.fetch_one(USER_BY_ID, user_id)
     if row is None:
         raise NotFoundError(f"user {user_id} does not exist")
     return row
