@@ -212,16 +212,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The server span wraps the whole middleware stack, which is built before the lifespan runs.
     app.state.tracing = Tracing(app)
 {%- endif %}
-    # Its own registry per app (observability/metrics.py); on the main port unless METRICS_PORT.
-    app.state.metrics = ServiceMetrics()
-    if settings.metrics_port is None:
-        app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
-    app.include_router(health.router)
+    # The API's routes first: the router tries routes in the order they were added, and the
+    # probes and /metrics are asked for far less often (52k fewer instructions per GET /users/1
+    # with this order; docs/patterns.md, Performance).
 {%- if cookiecutter.auth == "bearer" %}
     app.include_router(users.router, dependencies=[Depends(authorize_user_access)])
 {%- else %}
     app.include_router(users.router)
 {%- endif %}
+    # Its own registry per app (observability/metrics.py); on the main port unless METRICS_PORT.
+    app.state.metrics = ServiceMetrics()
+    if settings.metrics_port is None:
+        app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.include_router(health.router)
     if settings.debug_token is not None:
         # Without a token the debug routes do not exist at all: 404, not 401.
         app.include_router(debug.router)
