@@ -35,7 +35,7 @@ from .db.idempotency import delete_expired_keys
 from .db.migrate import upgrade_database
 from .db.reads import Reader
 from .errors import ErrorMiddleware, install_error_handlers
-from .logs import request_id_var
+from .logs import AccessLog, request_id_var
 from .observability.metrics import MetricsMiddleware, ServiceMetrics, StateSources
 from .observability.server import MetricsServer, metrics_endpoint
 {%- if cookiecutter.tracing == "opentelemetry" %}
@@ -263,6 +263,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Added last, so it is outermost: every response and log line carries the request id, and
     # the access log line (ACCESS_LOG) sees the status the client got and the whole duration.
-    access_log = logging.getLogger(f"{__package__}.access") if settings.access_log else None
+    access_log = AccessLog(f"{__package__}.access") if settings.access_log else None
     app.add_middleware(RequestIdMiddleware, access_log=access_log)
     return app

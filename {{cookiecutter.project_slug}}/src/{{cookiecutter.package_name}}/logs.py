@@ -6,11 +6,12 @@ context, so a background failure logged later still names the request that cause
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic_core import to_json
 
@@ -25,24 +26,26 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
+# The timestamp's seconds, formatted once a second: strftime is a visible share of a line's cost
+# when every request writes one. One tuple, so threads see a matching pair.
+_second: tuple[int, str] = (-1, "")
+
+
+def iso_timestamp(created: float) -> str:
+    """``created`` (seconds since the epoch) as UTC ISO 8601 with milliseconds."""
+    global _second  # noqa: PLW0603 - the one-entry cache above
+    second = int(created)
+    cached, stamp = _second
+    if second != cached:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, stamp)
+    return f"{stamp}.{int((created - second) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__()
-        # The timestamp's seconds, formatted once a second: strftime is a visible share of a
-        # line's cost when every request writes one. One tuple, so threads see a matching pair.
-        self._second: tuple[int, str] = (-1, "")
-
-    def _timestamp(self, created: float, msecs: float) -> str:
-        second = int(created)
-        cached, stamp = self._second
-        if second != cached:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = (second, stamp)
-        return f"{stamp}.{int(msecs):03d}Z"
-
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created, record.msecs),
+            "ts": iso_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -65,6 +68,68 @@ class JsonFormatter(logging.Formatter):
         # pydantic-core's serializer (FastAPI depends on it already) takes half the instructions
         # of json.dumps, which builds a new encoder on every call; str() for anything else.
         return to_json(entry, fallback=str).decode()
+
+
+class AccessLog:
+    """One JSON line per request, the same shape as every other line (``ts``, ``level``,
+    ``logger``, ``message``, ``request_id``) with ``method``, ``path``, ``status`` and
+    ``duration_ms``.
+
+    With the logging that ``configure_logging`` sets up (one JSON handler on the root logger),
+    the line is written straight to that handler's stream, under its lock. Through a
+    ``LogRecord``, the generic formatter pass and the handler's dispatch, the line cost about
+    145k instructions per request, a seventh of the service's CPU on the hot read; written this
+    way, about 50k (counted with callgrind; docs/patterns.md, Performance).
+    Anything else (handlers or filters of your own) gets an ordinary ``logger.info`` record. The
+    logger's level decides either way: ``LOG_LEVEL=WARNING`` turns the access log off.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._logger = logging.getLogger(name)
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, method: str, path: str, status: int, seconds: float) -> None:
+        message = f"{method} {path} {status}"
+        fields = {"method": method, "path": path, "status": status,
+                  "duration_ms": round(seconds * 1000, 2)}  # fmt: skip
+        handler = self._plain_json_handler()
+        if handler is None:
+            self._logger.info(message, extra=fields)
+            return
+        entry: dict[str, Any] = {
+            "ts": iso_timestamp(time.time()),
+            "level": "info",
+            "logger": self.name,
+            "message": message,
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        entry.update(fields)
+        line = to_json(entry).decode() + handler.terminator
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(line)
+            handler.flush()
+
+    def _plain_json_handler(self) -> logging.StreamHandler[TextIO] | None:
+        """The root's JSON stream handler, when it is the only place the line would go."""
+        logger = self._logger
+        if logger.handlers or logger.filters or not logger.propagate:
+            return None
+        root = logging.getLogger()
+        if len(root.handlers) != 1 or root.filters:
+            return None
+        [handler] = root.handlers
+        if (
+            type(handler) is not logging.StreamHandler
+            or handler.filters
+            or not isinstance(handler.formatter, JsonFormatter)
+        ):
+            return None
+        return handler
 
 
 def configure_logging(level: str = "INFO") -> None:
