@@ -721,7 +721,8 @@ REMOVALS = {
         practice=26,
         path=source("db/reads.py"),
         rewrites=(
-            ("        except ConnectionLostError:\n            return await self._fetch_one(sql, arguments)\n",
+            ("        except ConnectionLostError:\n"
+             "            return await self._fetch_one(sql, arguments)\n",
              "        except ConnectionLostError:\n            raise\n"),
         ),
         proofs=(
@@ -753,7 +754,8 @@ REMOVALS = {
         practice=26,
         path=source("db/engine.py"),
         rewrites=(
-            ("        if time.monotonic() - returned_at < self.idle_seconds and returned_at > self._lost_at:\n",
+            ("        if time.monotonic() - returned_at < self.idle_seconds"
+             " and returned_at > self._lost_at:\n",
              "        if True:\n"),
         ),
         proofs=(

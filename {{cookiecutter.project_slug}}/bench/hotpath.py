@@ -30,8 +30,9 @@ How to read the output
     A Markdown table, printed and written to ``--output`` (``docs/benchmarks.md`` by default),
     under a header that names the date, the machine, Python, the event loop and HTTP parser,
     the database and the generator. ``req/s`` counts the 200s per second; ``ratio`` divides it
-    by the ceiling's at the same connection count, in the same run: that is the figure to read
-    (absolute rates move with the machine and whatever else runs on it). Latencies are those of
+    by the ceiling's in the same round, at the same connection count, and is the median of
+    the rounds: that is the figure to read (absolute rates move with the machine and whatever
+    else runs on it). Latencies are those of
     all answers as the generator saw them, queueing included. ``non-200`` counts every other
     answer (a 503 when the service's admission gate sheds load) and dropped connection over all
     rounds, out of ``requests``. See bench/README.md for what to expect.
@@ -43,7 +44,7 @@ Run it from the project root, with the dev extra installed (or ``PYTHONPATH=src`
 
 Only 127.0.0.1 (and PostgreSQL's unix socket) is contacted; every wait and every loop is
 bounded, and the run stops by itself, after about ``C * R * 3 * (N + 1) + 15`` seconds for C
-connection counts (2 minutes by default). Ctrl-C or SIGTERM stops every process it started
+connection counts (3.5 minutes by default). Ctrl-C or SIGTERM stops every process it started
 and removes the embedded PostgreSQL.
 """
 
@@ -290,6 +291,20 @@ def median_round(measurements: Sequence[Measurement]) -> Measurement:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def round_ratio(app: Sequence[Measurement], ceiling: Sequence[Measurement]) -> float:
+    """The median over the rounds of the app's req/s divided by the ceiling's in the same
+    round: a machine whose speed drifts during the run (a shared host) moves both alike."""
+    ratios = sorted(
+        mine.window.goodput / theirs.window.goodput
+        for mine, theirs in zip(app, ceiling, strict=True)
+        if theirs.window.goodput
+    )
+    if not ratios:
+        return 0.0
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+
+
 def _ms(seconds: float | None, bound: bool = False) -> str:
     if seconds is None:
         return "-"
@@ -317,12 +332,11 @@ def table_rows(report: Report) -> list[list[str]]:
         }
         if not all(rounds.values()):
             continue
-        ceiling = median_round(rounds["ceiling"]).window.goodput
         for app in APPS:
             median = median_round(rounds[app])
             p50, p99, _, _ = latencies(median.window)
             lag = median.lag
-            ratio = median.window.goodput / ceiling if ceiling else 0.0
+            ratio = round_ratio(rounds[app], rounds["ceiling"])
             rows.append([
                 str(connections), app, f"{median.window.goodput:.0f}", f"{ratio:.2f}",
                 _ms(p50), _ms(p99),
@@ -425,10 +439,11 @@ EXPLANATION = (
     f"(`python -m {PACKAGE_NAME}`, every middleware, the admission gate, JSON logs and access",
     "log to a file); `naive` is `bench/reference_naive.py` (FastAPI and the ORM with their",
     "defaults, uvicorn's access log). All three read the same row of the same database.",
-    "`req/s` counts the 200s per second; `ratio` divides it by the ceiling's at the same",
-    "connection count. p50 and p99 are those of all answers as the generator saw them,",
-    "queueing included. `non-200` counts every other answer (a 503 is the admission gate",
-    "shedding load) and every dropped connection, over all rounds, out of `requests`. Loop lag",
+    "`req/s` counts the 200s per second (median round); `ratio` divides it by the ceiling's in",
+    "the same round and connection count, median of the rounds. p50 and p99 are those of all",
+    "answers as the generator saw them, queueing included. `non-200` counts every other",
+    "answer (a 503 is the admission gate shedding load) and every dropped connection, over all",
+    "rounds, out of `requests`. Loop lag",
     "is the service's own monitor (a heartbeat every 0.1 s): p99 over the measured window from",
     "its histogram, as the upper bound of its bucket, and the peak (`<=`: no new peak in the",
     "window, so the peak since startup bounds it).",
@@ -456,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--connections", type=_connection_counts, default=(32, 128), help="e.g. 32,128"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per app (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per app (5)")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown")
     args = parser.parse_args(argv)

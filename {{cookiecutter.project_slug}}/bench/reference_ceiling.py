@@ -30,7 +30,7 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
