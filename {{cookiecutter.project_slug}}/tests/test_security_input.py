@@ -67,9 +67,10 @@ def test_pitfall_a_length_checked_before_lowercasing_lets_an_overlong_email_thro
 
 
 @pytest.fixture
-async def narrow_name_column(db_engine: AsyncEngine) -> AsyncIterator[int]:
+async def narrow_name_column(db_engine: AsyncEngine, empty_tables: None) -> AsyncIterator[int]:
     """The column shorter than the schema's limit, as after a migration the code has not caught
-    up with: the value passes validation and the database refuses it (SQLSTATE 22001)."""
+    up with: the value passes validation and the database refuses it (SQLSTATE 22001). On empty
+    tables: a longer name that an earlier test left would make the ALTER itself fail."""
     async with db_engine.begin() as connection:
         await connection.execute(text("ALTER TABLE users ALTER COLUMN name TYPE varchar(5)"))
     try:
