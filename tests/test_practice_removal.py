@@ -717,6 +717,20 @@ REMOVALS = {
             "tests/test_read_path.py::test_a_read_is_one_round_trip_with_no_transaction_around_it",
         ),
     ),
+    "driver-errors-of-the-hot-read-not-mapped": Removal(
+        practice=26,
+        path=source("errors.py"),
+        rewrites=(
+            ("    if isinstance(error, asyncpg.PostgresError):"
+             "  # raised on the driver's connection (db/reads.py)\n"
+             "        return _sqlstate_answer("
+             "str(error.sqlstate or \"\"), connection_lost=False)\n",
+             ""),
+        ),
+        proofs=(
+            "tests/test_error_mapping.py::test_errors_of_the_hot_read_on_the_driver_connection_keep_their_answers",
+        ),
+    ),
     "reads-not-run-again-after-a-lost-connection": Removal(
         practice=26,
         path=source("db/reads.py"),

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -37,8 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from {{ cookiecutter.package_name }} import errors
 from {{ cookiecutter.package_name }}.aio.fanout import FanoutError
+from {{ cookiecutter.package_name }}.db.reads import ConnectionLostError
 from {{ cookiecutter.package_name }}.errors import (
     DATABASE_BUSY,
+    DATABASE_REFUSED_VALUE,
+    DATABASE_TIMEOUT,
+    DATABASE_UNAVAILABLE,
     INTERNAL_ERROR,
     ErrorMiddleware,
     answer_for,
@@ -329,6 +334,19 @@ def test_a_database_failure_inside_a_fan_out_is_answered_as_that_failure() -> No
     wrapped.__cause__ = pool_timeout
 
     assert answer_for(wrapped) is DATABASE_BUSY
+
+
+def test_errors_of_the_hot_read_on_the_driver_connection_keep_their_answers() -> None:
+    # db/reads.py runs GET /users/{id} on asyncpg's connection, so SQLAlchemy wraps nothing:
+    # the driver's own errors must get the answers their wrapped versions get.
+    timeout = asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout")
+    refused = asyncpg.exceptions.StringDataRightTruncationError("value too long")
+    assert answer_for(_raised(timeout)) is DATABASE_TIMEOUT
+    assert answer_for(_raised(refused)) is DATABASE_REFUSED_VALUE
+    assert answer_for(_raised(ConnectionLostError("lost twice"))) is DATABASE_UNAVAILABLE
+    # A server error that is none of these is a bug of ours until proven otherwise.
+    unknown = asyncpg.exceptions.UndefinedColumnError("column does not exist")
+    assert answer_for(_raised(unknown)) is INTERNAL_ERROR
 
 
 def test_a_timeout_error_of_our_own_code_is_not_taken_for_the_database() -> None:

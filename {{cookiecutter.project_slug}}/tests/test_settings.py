@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -136,9 +137,11 @@ def test_readme_documents_every_setting() -> None:
     assert {name.upper() for name in Settings.model_fields} == documented
 
 
-def test_production_start_without_database_url_is_one_clear_line() -> None:
+def refused_start(settings: Mapping[str, str]) -> str:
+    """``python -m <package>`` with ``settings`` and no other of the contract's variables: it
+    must stop with exit code 2 and one line on stderr, no traceback. Returns that line."""
     environment = {key: value for key, value in os.environ.items() if key not in CONTRACT_VARIABLES}
-    environment["ENVIRONMENT"] = "production"
+    environment.update(settings)
     environment["PYTHONPATH"] = str(PROJECT_ROOT / "src")
 
     finished = subprocess.run(
@@ -150,8 +153,14 @@ def test_production_start_without_database_url_is_one_clear_line() -> None:
         check=False,
     )
 
-    assert finished.returncode == 2
+    assert finished.returncode == 2, finished.stderr
     lines = finished.stderr.strip().splitlines()
     assert len(lines) == 1, finished.stderr
-    assert lines[0].startswith("ERROR: configuration: DATABASE_URL")
     assert "Traceback" not in finished.stderr
+    return lines[0]
+
+
+def test_production_start_without_database_url_is_one_clear_line() -> None:
+    line = refused_start({"ENVIRONMENT": "production"})
+
+    assert line.startswith("ERROR: configuration: DATABASE_URL")
